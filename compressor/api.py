@@ -1,0 +1,270 @@
+"""`compress()`: load → capture → passes → export → evaluate on artifacts → report → gate.
+
+The CLI is a thin shell over this function, so pipelines get the same behaviour from Python.
+All files are written to a staging folder first and moved into `out_dir` only once everything
+succeeded, so a failure never leaves a half-written result behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compressor.data import DataSource, Preprocess, fingerprint, from_iterable, open_source
+from compressor.errors import CompressorError
+from compressor.eval import collect, measure, score, sqnr_db, top1, torch_runner
+from compressor.graph import Graph, capture
+from compressor.io import LoadedModel, load_model, load_module
+from compressor.passes import PassContext
+from compressor.progress import Progress
+from compressor.recipe import Recipe, load_recipe
+from compressor.report import write_report
+from exporters import Artifact, get_exporter
+
+log = logging.getLogger(__name__)
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+EVAL_BATCH = 64
+
+
+@dataclass
+class CompressResult:
+    """What a run produced: the report (as written to report.json), artifacts and the verdict."""
+
+    report: dict[str, Any]
+    artifacts: dict[str, Artifact]
+    out_dir: Path
+    graph: Graph
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def passed_gate(self) -> bool:
+        return bool(self.report["gate"]["passed"])
+
+    @property
+    def accuracy_drop(self) -> float:
+        return float(self.report["accuracy_drop"])
+
+
+def compress(
+    model: str | Path | nn.Module,
+    recipe: str | Path | Recipe = "int8-ptq",
+    calib: str | Path | DataSource | Iterable | None = None,
+    eval_data: str | Path | DataSource | Iterable | None = None,
+    export: Sequence[str] | None = None,
+    out_dir: str | Path = "out",
+    max_drop: float | None = None,
+    input_shape: Sequence[int] | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    preprocess: Preprocess | None = None,
+    calib_size: int | None = None,
+    batch_sizes: Sequence[int] | None = None,
+    threads: int | None = None,
+    progress: bool | Progress = False,
+) -> CompressResult:
+    """Compress `model` with `recipe`, export, measure every artifact in its runtime and gate.
+
+    `model` is a file (checkpoint, state_dict with `arch`, TorchScript, .pt2, or a pickled module
+    with `trust_pickle`) or an `nn.Module`. `calib`/`eval_data` are folders, array files, or
+    iterables of tensors / (tensor, label) batches; bundled checkpoints find their own data.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    targets = list(export or rec.export)
+    exporters = {t: get_exporter(t) for t in targets}
+    out = Path(out_dir)
+    staging = _staging_dir(out)
+    try:
+        loaded = load_model(model, arch, trust_pickle) if not isinstance(model, nn.Module) else load_module(model)
+        spec = _preprocess_spec(loaded, rec, preprocess)
+        calib_src = _data(calib, spec, "calibration", _bundled(loaded, "calib"))
+        eval_src = _data(eval_data, spec, "evaluation", _bundled(loaded, "test")) if (
+            eval_data is not None or _bundled(loaded, "test")) else calib_src
+        shape = _input_shape(loaded, calib_src, input_shape)
+        example = _check_runs(loaded, shape)
+        timings["load_s"] = time.perf_counter() - start
+
+        t = time.perf_counter()
+        graph = capture(loaded.module, example)
+        baseline_graph = graph.clone()
+        ctx = PassContext(calib=calib_src, calib_batch_size=rec.calibration.batch_size,
+                          calib_limit=calib_size or rec.calibration.max_images, progress=bar)
+        for entry in rec.passes:
+            bar.info(f"pass {entry.name}")
+            entry.build().run(graph, ctx)
+        timings["passes_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        baseline = exporters[targets[0]].export(baseline_graph, staging / f"baseline.{targets[0]}", "fp32")
+        artifacts = {name: ex.export(graph, staging / f"model.{name}", "int8") for name, ex in exporters.items()}
+        timings["export_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        bench = rec.benchmark.model_copy(update={k: v for k, v in
+                                                 (("batch_sizes", batch_sizes), ("threads", threads)) if v})
+        evaluation = _evaluate(loaded, graph, baseline, artifacts, eval_src, rec, bench, shape, bar, max_drop)
+        timings["evaluate_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - start
+
+        report = write_report(
+            staging, rec, ctx.log, loaded, shape, evaluation, baseline, artifacts, timings,
+            data={"calibration": _data_info(calib_src, ctx.calibration_size(), ctx),
+                  "evaluation": {"source": eval_src.description, "count": len(eval_src),
+                                 "labels": eval_src.has_labels}})
+        files = _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for a in [baseline, *artifacts.values()]:
+        a.path = out / a.path.name
+    return CompressResult(report, artifacts, out, graph, files)
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def _staging_dir(out: Path) -> Path:
+    """A private folder beside `out` (same file system, so publishing is a rename)."""
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise CompressorError(f"output path {out} exists and is not a folder; choose another -o.")
+        if out.exists() and not os.access(out, os.W_OK):
+            raise PermissionError(out)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    except PermissionError as e:
+        raise CompressorError(f"output folder {out} is not writable ({e.strerror or 'permission denied'}); "
+                              "choose another folder with -o.") from e
+
+
+def _preprocess_spec(loaded: LoadedModel, rec: Recipe, override: Preprocess | None) -> Preprocess:
+    """Checkpoint < recipe < caller, field by field."""
+    spec = loaded.preprocess or Preprocess()
+    return spec.merged(rec.preprocess).merged(override)
+
+
+def _data_roots() -> list[Path]:
+    return [Path.cwd() / "calibration_data", PACKAGE_ROOT / "calibration_data"]
+
+
+def _bundled(loaded: LoadedModel, split: str) -> Path | None:
+    """The bundled split of the data set a checkpoint was trained on, if it names one."""
+    if not loaded.dataset:
+        return None
+    return next((r / loaded.dataset / split for r in _data_roots() if (r / loaded.dataset / split).exists()), None)
+
+
+def _data(given: Any, spec: Preprocess, role: str, default: Path | None) -> DataSource:
+    if given is None:
+        if default is None:
+            raise CompressorError(f"no {role} data: pass --{'calib' if role == 'calibration' else 'eval'} DIR "
+                                  "(a folder of images, or an .npy/.npz/.pt file).")
+        given = default
+    if isinstance(given, DataSource):
+        return given
+    if isinstance(given, (str, Path)):
+        src = open_source(given, spec, role)
+    else:
+        src = from_iterable(given, f"in-memory {role} loader")
+    if len(src) == 0:
+        raise CompressorError(f"{role} data {src.description} is empty.")
+    return src
+
+
+def _input_shape(loaded: LoadedModel, calib: DataSource, given: Sequence[int] | None) -> tuple[int, ...]:
+    sample = calib.sample_shape()
+    if given is not None:
+        shape = tuple(int(d) for d in given)
+        if len(shape) != 4 or any(d < 1 for d in shape):
+            raise CompressorError(f"--input-shape {','.join(map(str, shape))}: expected N,C,H,W with positive sizes.")
+        if tuple(sample) != shape[1:]:
+            raise CompressorError(
+                f"calibration data {calib.description} gives inputs of shape {'x'.join(map(str, sample))} but "
+                f"--input-shape says {'x'.join(map(str, shape[1:]))}. Set a preprocessing size (--size H,W) "
+                "and channels (--channels) to resize, or use data of the model's input size.")
+        return shape
+    pre = loaded.preprocess
+    if pre is not None and pre.size is not None and pre.channels is not None:
+        expected = (pre.channels, *pre.size)
+        if tuple(sample) != expected:
+            raise CompressorError(f"calibration data gives {'x'.join(map(str, sample))} inputs but the model "
+                                  f"expects {'x'.join(map(str, expected))}.")
+    return (1, *sample)
+
+
+def _check_runs(loaded: LoadedModel, shape: tuple[int, ...]) -> torch.Tensor:
+    """Run the model once; the example has batch 2 because torch.export specializes a batch of 1."""
+    example = torch.zeros((2, *shape[1:]))
+    module = loaded.module.module() if isinstance(loaded.module, torch.export.ExportedProgram) else loaded.module
+    try:
+        with torch.no_grad():
+            out = module(example)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise CompressorError(
+            f"the model does not run on inputs of shape {','.join(map(str, shape))} ({first}). "
+            "Pass the model's real input shape with --input-shape N,C,H,W and matching data, or a "
+            "preprocessing size (--size H,W) that resizes the images to it.") from e
+    if not isinstance(out, torch.Tensor) or out.dim() < 1:
+        raise CompressorError("the model must return one tensor of logits (N, classes); "
+                              f"it returned {type(out).__name__}.")
+    return example
+
+
+def _data_info(src: DataSource, used: int, ctx: PassContext) -> dict[str, Any]:
+    return {"source": src.description, "count": used, "available": len(src),
+            "sha256": fingerprint(src, ctx.calib_batch_size, used)}
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def _evaluate(loaded: LoadedModel, graph: Graph, baseline: Artifact, artifacts: dict[str, Artifact],
+              data: DataSource, rec: Recipe, bench: Any, shape: tuple[int, ...], bar: Progress,
+              max_drop: float | None) -> dict[str, Any]:
+    """Accuracy of the float model, the baseline artifact, the simulation and each artifact."""
+    module = loaded.module.module() if isinstance(loaded.module, torch.export.ExportedProgram) else loaded.module
+    ref = collect(torch_runner(module), data, EVAL_BATCH, bar, "float model")
+    metric = rec.gate.metric if (rec.gate.metric != "top1" or data.has_labels) else "agreement"
+    threads = bench.threads
+    base_run = baseline.runner(threads)
+    base_out = collect(base_run, data, EVAL_BATCH, bar, f"baseline.{baseline.target}")
+    sim_out = collect(torch_runner(graph.gm), data, EVAL_BATCH, bar, "simulation")
+    runners = {"baseline": base_run}
+    results: dict[str, Any] = {"metric": metric, "float_torch": score(ref, ref, metric),
+                               "baseline": score(base_out, ref, metric), "artifacts": {}}
+    for name, art in artifacts.items():
+        run = art.runner(threads)
+        runners[name] = run
+        out = collect(run, data, EVAL_BATCH, bar, art.path.name)
+        results["artifacts"][name] = {
+            "accuracy": score(out, ref, metric), "sim_accuracy": score(sim_out, ref, metric),
+            "agreement_vs_baseline": float((out.logits.argmax(1) == base_out.logits.argmax(1)).mean() * 100),
+            "sqnr_db_vs_float": round(sqnr_db(out, ref), 2),
+            "max_abs_diff_vs_sim": float(abs(out.logits - sim_out.logits).max()),
+        }
+    results["top1_labels"] = top1(ref) if data.has_labels else None
+    results["latency"] = measure(runners, shape, bench.batch_sizes, bench.warmup, bench.runs, bar)
+    results["bench"] = bench.model_dump()
+    results["max_drop"] = max_drop if max_drop is not None else rec.gate.max_drop
+    return results
+
+
+def _publish(staging: Path, out: Path) -> list[Path]:
+    """Move every staged file into `out` (each a rename), after everything was written."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for f in sorted(staging.iterdir()):
+        if f.name.startswith("."):
+            continue
+        os.replace(f, out / f.name)
+        files.append(out / f.name)
+    return files

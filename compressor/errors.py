@@ -1,0 +1,29 @@
+"""Errors that reach the user.
+
+A `CompressorError` is a problem with the user's input (a file, a flag, a recipe), not a bug:
+the CLI prints its message without a traceback and exits with code 2, so every raise site must
+say what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class CompressorError(Exception):
+    """Bad input or usage; the message names the problem and the fix."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class MissingExtraError(CompressorError):
+    """An optional backend is not installed; the message names the extra to install."""
+
+    def __init__(self, what: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"{what} needs the optional package '{module}', which is not installed. "
+            f"Install it with: pip install 'compressor[{extra}]'"
+        )
+        self.extra = extra

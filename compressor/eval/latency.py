@@ -1,0 +1,40 @@
+"""Latency of artifacts in their runtimes, measured side by side.
+
+Runs of the compared artifacts are interleaved round by round, so a slow moment of a shared
+machine hits all of them alike and their ratio stays meaningful.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from compressor.progress import Progress
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def measure(runners: dict[str, Runner], input_shape: Sequence[int], batch_sizes: Sequence[int],
+            warmup: int, runs: int, progress: Progress, seed: int = 0) -> dict[str, dict[int, dict[str, float]]]:
+    """{name: {batch: {median, p90, mean}}} in milliseconds, after `warmup` untimed runs each."""
+    rng = np.random.default_rng(seed)
+    result: dict[str, dict[int, dict[str, float]]] = {name: {} for name in runners}
+    for batch in batch_sizes:
+        x = rng.standard_normal((batch, *input_shape[1:]), dtype=np.float32)
+        for run in runners.values():
+            for _ in range(warmup):
+                run(x)
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in progress.track(range(runs), f"timing batch {batch}", total=runs):
+            for name, run in runners.items():
+                start = time.perf_counter()
+                run(x)
+                times[name].append((time.perf_counter() - start) * 1e3)
+        for name, ts in times.items():
+            arr = np.asarray(ts)
+            result[name][batch] = {"median": round(float(np.median(arr)), 4),
+                                   "p90": round(float(np.percentile(arr, 90)), 4),
+                                   "mean": round(float(arr.mean()), 4)}
+    return result

@@ -1,0 +1,67 @@
+"""Accuracy of a model or artifact on an evaluation set.
+
+With labels: top-1 (percent). Without: fidelity to the float model: top-1 agreement (percent)
+and SQNR (dB) of the logits, so a gate can still be set on unlabeled data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from compressor.data.sources import DataSource
+from compressor.progress import Progress
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Outputs:
+    """Logits of one model over the evaluation set, with the labels if there are any."""
+
+    logits: np.ndarray
+    labels: np.ndarray | None
+
+
+def collect(run: Runner, data: DataSource, batch_size: int, progress: Progress, label: str,
+            limit: int | None = None) -> Outputs:
+    outs, labels = [], []
+    total = -(-min(len(data), limit or len(data)) // batch_size)
+    for x, y in progress.track(data.batches(batch_size, limit), f"evaluating {label}", total=total):
+        outs.append(np.asarray(run(x.numpy())).reshape(x.shape[0], -1))
+        if y is not None:
+            labels.append(y.numpy())
+    return Outputs(np.concatenate(outs), np.concatenate(labels) if labels else None)
+
+
+def torch_runner(fn: Callable[[torch.Tensor], torch.Tensor]) -> Runner:
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return fn(torch.from_numpy(x)).float().numpy()
+    return run
+
+
+def top1(out: Outputs) -> float:
+    if out.labels is None:
+        raise ValueError("top-1 needs labels")
+    return float((out.logits.argmax(1) == out.labels).mean() * 100.0)
+
+
+def agreement(out: Outputs, reference: Outputs) -> float:
+    """Percent of inputs where the top-1 class equals the reference model's."""
+    return float((out.logits.argmax(1) == reference.logits.argmax(1)).mean() * 100.0)
+
+
+def sqnr_db(out: Outputs, reference: Outputs) -> float:
+    """Signal-to-quantization-noise ratio of the logits against the reference, in dB."""
+    noise = float(((out.logits - reference.logits) ** 2).sum())
+    signal = float((reference.logits**2).sum())
+    return float("inf") if noise == 0 else 10.0 * float(np.log10(signal / noise))
+
+
+def score(out: Outputs, reference: Outputs, metric: str) -> float:
+    """The gate's metric: top1 (needs labels) or agreement with the float reference."""
+    return top1(out) if metric == "top1" else agreement(out, reference)

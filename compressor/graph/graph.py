@@ -1,0 +1,165 @@
+"""`Graph`: PyTorch's own exported FX graph plus what compression passes need.
+
+We add no graph format of our own: a `Graph` holds the `GraphModule` that `torch.export`
+produced (unlifted, so parameters are attributes and passes can swap them) and adds module
+paths, pattern matching, buffer helpers and per-node annotations that later passes keep.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import fx
+
+aten = torch.ops.aten
+
+#: Targets that name a kind of node in patterns; a kind may also be an op overload or a predicate.
+KINDS: dict[str, tuple[Any, ...]] = {
+    "linear": (aten.linear.default,),
+    "conv": (aten.conv2d.default, aten.conv1d.default, aten.convolution.default),
+    "matmul": (aten.matmul.default, aten.bmm.default),
+    "layer_norm": (aten.layer_norm.default,),
+    "softmax": (aten.softmax.int, aten._softmax.default),
+    "gelu": (aten.gelu.default,),
+    "batch_norm": (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default),
+    "sdpa": (aten.scaled_dot_product_attention.default,),
+    "add": (aten.add.Tensor,),
+}
+NodeKind = str | Callable[[fx.Node], bool] | Any
+ANNOTATION_KEY = "compressor"
+
+
+def is_kind(node: fx.Node, kind: NodeKind) -> bool:
+    """Whether `node` is of `kind`: a KINDS name, an op overload or a predicate."""
+    if node.op != "call_function":
+        return False
+    if isinstance(kind, str):
+        return node.target in KINDS[kind]
+    if callable(kind) and not isinstance(kind, torch._ops.OpOverload):
+        return bool(kind(node))
+    return node.target == kind
+
+
+class Graph:
+    """A captured model: the exported `GraphModule`, example inputs and pass annotations."""
+
+    def __init__(self, gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> None:
+        self.gm = gm.eval()
+        self.example_inputs = example_inputs
+
+    # -- inspection -------------------------------------------------------------------------
+    @property
+    def nodes(self) -> list[fx.Node]:
+        return list(self.gm.graph.nodes)
+
+    def find(self, kind: NodeKind) -> list[fx.Node]:
+        return [n for n in self.gm.graph.nodes if is_kind(n, kind)]
+
+    def count(self, kind: NodeKind) -> int:
+        return len(self.find(kind))
+
+    @staticmethod
+    def module_path(node: fx.Node) -> str:
+        """Dotted path of the innermost nn.Module that produced `node` ('' for the root)."""
+        stack = node.meta.get("nn_module_stack") or {}
+        for path, _cls in reversed(list(stack.values())):
+            if not path.startswith("_"):
+                return path
+        return ""
+
+    def attr(self, node: fx.Node) -> torch.Tensor | None:
+        """The tensor behind a `get_attr` node, or None if `node` computes at run time."""
+        if node.op != "get_attr":
+            return None
+        obj: Any = self.gm
+        for part in str(node.target).split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def is_constant(self, node: Any) -> bool:
+        return isinstance(node, fx.Node) and node.op == "get_attr"
+
+    def match(self, *kinds: NodeKind) -> list[tuple[fx.Node, ...]]:
+        """Chains where each node's first input is the previous node, e.g. ('layer_norm', 'linear').
+
+        Only single-consumer links count (a value that feeds several nodes is not "followed by"
+        any one of them), which is what a fold or a fused kernel needs.
+        """
+        found = []
+        for head in self.find(kinds[0]):
+            chain, cur = [head], head
+            for kind in kinds[1:]:
+                users = list(cur.users)
+                if len(users) != 1 or not is_kind(users[0], kind) or users[0].args[0] is not cur:
+                    break
+                cur = users[0]
+                chain.append(cur)
+            if len(chain) == len(kinds):
+                found.append(tuple(chain))
+        return found
+
+    def annotate(self, node: fx.Node, key: str, value: Any) -> None:
+        """Leave a note on a node for later passes and the report (e.g. quantizer parameters)."""
+        node.meta.setdefault(ANNOTATION_KEY, {})[key] = value
+
+    def annotation(self, node: fx.Node, key: str, default: Any = None) -> Any:
+        return node.meta.get(ANNOTATION_KEY, {}).get(key, default)
+
+    def annotated(self, key: str) -> Iterator[tuple[fx.Node, Any]]:
+        for n in self.gm.graph.nodes:
+            if key in n.meta.get(ANNOTATION_KEY, {}):
+                yield n, n.meta[ANNOTATION_KEY][key]
+
+    # -- editing ----------------------------------------------------------------------------
+    def add_buffer(self, name: str, value: torch.Tensor, before: fx.Node) -> fx.Node:
+        """Register `value` as a buffer under a fresh name and return a get_attr node for it."""
+        base = name.replace(".", "_")
+        unique, i = base, 1
+        while hasattr(self.gm, unique):
+            unique, i = f"{base}_{i}", i + 1
+        self.gm.register_buffer(unique, value)
+        with self.gm.graph.inserting_before(before):
+            return self.gm.graph.get_attr(unique)
+
+    def call(self, target: Any, args: Sequence[Any], after: fx.Node | None = None,
+             before: fx.Node | None = None, like: fx.Node | None = None) -> fx.Node:
+        """Insert a call_function node; `like` lends its module stack so paths stay meaningful."""
+        ctx = self.gm.graph.inserting_after(after) if after is not None else self.gm.graph.inserting_before(before)
+        with ctx:
+            node = self.gm.graph.call_function(target, tuple(args))
+        if like is not None and "nn_module_stack" in like.meta:
+            node.meta["nn_module_stack"] = dict(like.meta["nn_module_stack"])
+        return node
+
+    def drop_unused_attrs(self) -> None:
+        """Delete parameters and buffers no node reads, so artifacts do not carry dead weights."""
+        g = self.gm.graph
+        g.eliminate_dead_code()
+        used = {str(n.target) for n in g.nodes if n.op == "get_attr"}
+        called = {str(n.target) for n in g.nodes if n.op == "call_module"}
+        names = [k for k, _ in self.gm.named_parameters()] + [k for k, _ in self.gm.named_buffers()]
+        for name in names:
+            owner_path, _, leaf = name.rpartition(".")
+            if name in used or any(owner_path == c or owner_path.startswith(c + ".") for c in called):
+                continue
+            owner = self.gm.get_submodule(owner_path) if owner_path else self.gm
+            delattr(owner, leaf)
+
+    def recompile(self) -> Graph:
+        self.gm.graph.eliminate_dead_code()
+        self.gm.graph.lint()
+        self.gm.recompile()
+        return self
+
+    def clone(self) -> Graph:
+        return Graph(copy.deepcopy(self.gm), self.example_inputs)
+
+    @torch.no_grad()
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.gm(*inputs)
+
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.gm.state_dict().values() if t.is_floating_point())

@@ -1,0 +1,6 @@
+"""The pass registry. Importing this package registers the built-in passes."""
+
+from compressor.passes.base import PASSES, Pass, PassContext, PassParams, PassRecord, register_pass
+from compressor.passes.quant import int8_ptq  # noqa: F401  (registers quant.int8_ptq)
+
+__all__ = ["PASSES", "Pass", "PassContext", "PassParams", "PassRecord", "register_pass"]

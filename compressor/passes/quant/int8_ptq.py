@@ -1,0 +1,214 @@
+"""`quant.int8_ptq`: static int8 post-training quantization, exported as ONNX Q/DQ.
+
+Weights: int8 symmetric per output channel. Activations: int8/uint8 per tensor with a min-max,
+percentile or MSE range from one streamed calibration pass. Quantized: the inputs of Linear,
+Conv and both operands of the attention matmuls (q·kᵀ and softmax·v); LayerNorm, Softmax and
+GELU stay float. Linear weights are stored transposed ([in, out], scales on axis 1) so the
+exported graph is MatMul(DQ(x), DQ(Wᵀ)) with constant int8 weights: no Transpose sits between
+the weight's DequantizeLinear and the MatMul, which ONNX Runtime needs to fuse the pair into an
+integer kernel.
+
+`reduce_range` (7-bit weights): on x86 CPUs without VNNI, ONNX Runtime's u8×s8 kernels add pairs
+of products in int16 with saturation (VPMADDUBSW); 255·127·2 overflows, 255·64·2 does not.
+"auto" picks 7 bits when the CPU lacks VNNI, so the simulation equals what the runtime computes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import fx
+
+from compressor.graph.graph import Graph, is_kind
+from compressor.graph.sdpa import decompose_sdpa
+from compressor.passes.base import Pass, PassContext, PassParams, register_pass
+from compressor.passes.quant import ops
+from compressor.passes.quant.observers import (
+    HistogramObserver,
+    MinMaxObserver,
+    affine_qparams,
+    symmetric_weight_qparams,
+)
+
+aten = torch.ops.aten
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+class Int8PTQParams(PassParams):
+    activation_observer: Literal["minmax", "percentile", "mse"] = Field(
+        "mse", description="how an activation's range is chosen from calibration statistics")
+    percentile: float = Field(99.99, gt=90.0, le=100.0, description="tail kept by the percentile observer")
+    activation_dtype: Literal["uint8", "int8"] = Field(
+        "uint8", description="uint8 = asymmetric with a zero point; int8 = symmetric")
+    weight_observer: Literal["minmax", "mse"] = Field("minmax", description="per-channel weight range")
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto", description="7-bit weights (no int16 saturation on CPUs without VNNI); auto detects")
+    quantize_linear: bool = True
+    quantize_conv: bool = True
+    quantize_attention: bool = Field(True, description="quantize both operands of q·kᵀ and softmax·v")
+    skip: list[str] = Field(default_factory=list, description="module paths (glob) kept in float")
+    histogram_bins: int = Field(2048, ge=64, le=65536, multiple_of=4)
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has int8 dot-product instructions (VNNI/AMX)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return False
+    flags = cpuinfo.read_text(errors="ignore")
+    return any(f" {flag}" in flags for flag in VNNI_FLAGS)
+
+
+@register_pass
+class Int8PTQ(Pass):
+    name = "quant.int8_ptq"
+    Params = Int8PTQParams
+    needs_calibration = True
+    description = "int8 static PTQ: per-channel weights, per-tensor activations, ONNX Q/DQ"
+
+    def apply(self, graph: Graph, ctx: PassContext) -> dict[str, Any]:
+        p = self.params
+        if p.reduce_range == "auto":
+            p.reduce_range = not cpu_has_vnni()
+        decomposed = decompose_sdpa(graph) if p.quantize_attention else 0
+        targets = self._targets(graph)
+        observers = self._insert_observers(graph, targets)
+        graph.recompile()
+        batches = ctx.calibration_batches()
+        for x in ctx.progress.track(batches, "calibrating", total=_num_batches(ctx)):
+            graph.gm(x)
+        act_params = self._insert_activation_qdq(graph, observers)
+        layers = [self._quantize_weight(graph, node) for node, _ in targets if _weight_arg(graph, node)]
+        graph.drop_unused_attrs()
+        graph.recompile()
+        return {
+            "quantized_ops": _count_kinds([n for n, _ in targets]),
+            "activation_quantizers": len(act_params),
+            "sdpa_decomposed": decomposed,
+            "weight_bits_effective": 7 if p.reduce_range else 8,
+            "calibration_images": ctx.calibration_size(),
+            "layers": layers,
+            "activations": act_params,
+        }
+
+    # -- what to quantize ---------------------------------------------------------------------
+    def _targets(self, graph: Graph) -> list[tuple[fx.Node, list[int]]]:
+        """(node, activation argument positions) for every op this recipe quantizes."""
+        p, found = self.params, []
+        for node in graph.nodes:
+            if any(fnmatch.fnmatch(graph.module_path(node), pat) for pat in p.skip):
+                continue
+            weighted = (p.quantize_linear and is_kind(node, "linear")) or (p.quantize_conv and _forward_conv(node))
+            if weighted and graph.is_constant(node.args[1]) and not graph.is_constant(node.args[0]):
+                found.append((node, [0]))
+            elif p.quantize_attention and is_kind(node, "matmul") and not any(
+                    graph.is_constant(a) for a in node.args[:2]):
+                found.append((node, [0, 1]))
+        return found
+
+    def _make_observer(self) -> MinMaxObserver:
+        if self.params.activation_observer == "minmax":
+            return MinMaxObserver()
+        return HistogramObserver(self.params.histogram_bins)
+
+    def _insert_observers(self, graph: Graph, targets: list[tuple[fx.Node, list[int]]]) -> dict[fx.Node, fx.Node]:
+        """One observer per distinct activation tensor, shared by all quantized consumers."""
+        observed: dict[fx.Node, fx.Node] = {}
+        for node, positions in targets:
+            for i in positions:
+                src = node.args[i]
+                if src not in observed:
+                    name = f"_observer_{len(observed)}"
+                    graph.gm.add_submodule(name, self._make_observer())
+                    with graph.gm.graph.inserting_after(src):
+                        observed[src] = graph.gm.graph.call_module(name, (src,))
+                node.update_arg(i, observed[src])
+        return observed
+
+    # -- rewriting ----------------------------------------------------------------------------
+    def _activation_range(self, obs: MinMaxObserver) -> tuple[float, float]:
+        p = self.params
+        if isinstance(obs, HistogramObserver):
+            if p.activation_observer == "percentile":
+                return obs.percentile_range(p.percentile)
+            return obs.mse_range(256, symmetric=p.activation_dtype == "int8")
+        return obs.range()
+
+    def _insert_activation_qdq(self, graph: Graph, observed: dict[fx.Node, fx.Node]) -> list[dict[str, Any]]:
+        dtype = torch.uint8 if self.params.activation_dtype == "uint8" else torch.int8
+        records = []
+        for src, obs_node in observed.items():
+            obs = graph.gm.get_submodule(str(obs_node.target))
+            lo, hi = self._activation_range(obs)
+            scale, zp = affine_qparams(lo, hi, dtype)
+            path = graph.module_path(src) or src.name
+            s_node = graph.add_buffer(f"{src.name}_act_scale", scale, before=obs_node)
+            z_node = graph.add_buffer(f"{src.name}_act_zero_point", zp, before=obs_node)
+            q = graph.call(ops.QUANTIZE, (src, s_node, z_node, 0), after=obs_node, like=src)
+            dq = graph.call(ops.DEQUANTIZE, (q, s_node, z_node, 0), after=q, like=src)
+            obs_node.replace_all_uses_with(dq)
+            graph.gm.graph.erase_node(obs_node)
+            delattr(graph.gm, str(obs_node.target))
+            records.append({"tensor": src.name, "module": path, "observed_min": round(obs.lo, 6),
+                            "observed_max": round(obs.hi, 6), "clip_min": round(lo, 6), "clip_max": round(hi, 6),
+                            "scale": float(scale), "zero_point": int(zp)})
+        return records
+
+    def _quantize_weight(self, graph: Graph, node: fx.Node) -> dict[str, Any]:
+        """Replace the float weight by int8 + per-channel DequantizeLinear."""
+        w = graph.attr(node.args[1]).detach()
+        qmax = 63 if self.params.reduce_range else 127
+        linear = is_kind(node, "linear")
+        if linear:
+            w = w.t().contiguous()  # [in, out]: MatMul's B layout, one scale per column
+        axis = 1 if linear else 0
+        scale = symmetric_weight_qparams(w, axis, qmax, mse=self.params.weight_observer == "mse").float()
+        shape = [1] * w.dim()
+        shape[axis] = -1
+        wq = torch.clamp(torch.round(w / scale.reshape(shape)), -qmax, qmax).to(torch.int8)
+        path = graph.module_path(node) or node.name
+        wq_node = graph.add_buffer(f"{path}.weight_int8", wq, before=node)
+        s_node = graph.add_buffer(f"{path}.weight_scale", scale, before=node)
+        z_node = graph.add_buffer(f"{path}.weight_zero_point", torch.zeros_like(scale, dtype=torch.int8),
+                                  before=node)
+        w_dq = graph.call(ops.DEQUANTIZE, (wq_node, s_node, z_node, axis), before=node, like=node)
+        if linear:
+            x, _, *bias = node.args
+            out = graph.call(aten.matmul.default, (x, w_dq), before=node, like=node)
+            if bias and bias[0] is not None:
+                out = graph.call(aten.add.Tensor, (out, bias[0]), before=node, like=node)
+            node.replace_all_uses_with(out)
+            graph.gm.graph.erase_node(node)
+        else:
+            node.update_arg(1, w_dq)
+        graph.annotate(w_dq, "quant", {"weight_bits": 7 if qmax == 63 else 8, "axis": axis})
+        err = (wq.float() * scale.reshape(shape) - w).pow(2).mean() / w.pow(2).mean().clamp_min(1e-20)
+        return {"module": path, "kind": "linear" if linear else "conv", "shape": list(w.shape),
+                "scale_min": float(scale.min()), "scale_max": float(scale.max()),
+                "weight_sqnr_db": round(float(-10 * torch.log10(err.clamp_min(1e-20))), 2)}
+
+
+def _forward_conv(node: fx.Node) -> bool:
+    """Convolutions but not transposed ones (their weight's output channels sit on axis 1)."""
+    transposed = node.target == aten.convolution.default and bool(node.args[6])
+    return is_kind(node, "conv") and not transposed
+
+
+def _weight_arg(graph: Graph, node: fx.Node) -> bool:
+    return (is_kind(node, "linear") or is_kind(node, "conv")) and graph.is_constant(node.args[1])
+
+
+def _count_kinds(nodes: list[fx.Node]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for n in nodes:
+        kind = next(k for k in ("linear", "conv", "matmul") if is_kind(n, k))
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _num_batches(ctx: PassContext) -> int:
+    return -(-ctx.calibration_size() // ctx.calib_batch_size)

@@ -1,0 +1,66 @@
+"""Quantize/dequantize as PyTorch custom ops, with their ONNX translations.
+
+They are graph nodes the exporter can see: in PyTorch they are the float simulation, in ONNX
+they become QuantizeLinear/DequantizeLinear, which runtimes fuse into integer kernels. Scale
+and zero point are tensors (graph constants) so the exported Q/DQ carry initializers, which is
+what ONNX Runtime's QDQ fusion requires; the zero point's dtype (uint8/int8) is the quantized
+type, as in ONNX.
+"""
+
+from __future__ import annotations
+
+import torch
+from onnxscript import opset18 as op
+
+
+@torch.library.custom_op("compressor::quantize", mutates_args=())
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+    """ONNX QuantizeLinear semantics: saturate(round_half_even(x / scale) + zero_point)."""
+    info = torch.iinfo(zero_point.dtype)
+    shape = _param_shape(x, scale, axis)
+    q = torch.round(x / scale.reshape(shape)) + zero_point.reshape(shape).to(torch.int32)
+    return torch.clamp(q, info.min, info.max).to(zero_point.dtype)
+
+
+@quantize.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+    return torch.empty_like(x, dtype=zero_point.dtype)
+
+
+@torch.library.custom_op("compressor::dequantize", mutates_args=())
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+    """ONNX DequantizeLinear semantics: (q - zero_point) * scale, per tensor or along `axis`."""
+    shape = _param_shape(q, scale, axis)
+    return (q.to(torch.int32) - zero_point.reshape(shape).to(torch.int32)).to(torch.float32) * scale.reshape(shape)
+
+
+@dequantize.register_fake
+def _(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int) -> torch.Tensor:
+    return torch.empty_like(q, dtype=torch.float32)
+
+
+def _param_shape(x: torch.Tensor, scale: torch.Tensor, axis: int) -> list[int]:
+    if scale.dim() == 0:
+        return []
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return shape
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """Quantize then dequantize: what the exported Q/DQ pair computes."""
+    return dequantize(quantize(x, scale, zero_point, axis), scale, zero_point, axis)
+
+
+def _quantize_onnx(x, scale, zero_point, axis: int):
+    return op.QuantizeLinear(x, scale, zero_point, axis=axis)
+
+
+def _dequantize_onnx(q, scale, zero_point, axis: int):
+    return op.DequantizeLinear(q, scale, zero_point, axis=axis)
+
+
+#: The overloads that graph nodes call (a custom op's Python wrapper cannot be a node target).
+QUANTIZE = torch.ops.compressor.quantize.default
+DEQUANTIZE = torch.ops.compressor.dequantize.default
+ONNX_TRANSLATIONS = {QUANTIZE: _quantize_onnx, DEQUANTIZE: _dequantize_onnx}

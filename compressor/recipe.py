@@ -1,0 +1,184 @@
+"""Recipes: a named, ordered list of passes with export targets and a gate, in YAML.
+
+Everything is validated before any compute: unknown pass names, unknown keys and bad values
+are reported with the recipe file, the line and the allowed values. The resolved recipe (every
+default written out) is saved next to the artifacts so a run can be reproduced exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from compressor.data.preprocess import Preprocess
+from compressor.errors import CompressorError
+from compressor.passes import PASSES, Pass
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+SCHEMA_VERSION = 1
+
+
+class GateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field("top1", description="top1 with labels; agreement (with the float model) without")
+    max_drop: float | None = Field(None, ge=0, description="largest accepted accuracy drop, in points")
+
+
+class BenchSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8], min_length=1)
+    threads: int = Field(2, ge=1)
+    warmup: int = Field(5, ge=0)
+    runs: int = Field(30, ge=3)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v):
+            raise ValueError("batch sizes must be >= 1")
+        return v
+
+
+class CalibSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(32, ge=1)
+    max_images: int | None = Field(None, ge=1, description="use at most this many calibration images")
+
+
+class PassEntry(BaseModel):
+    """One step: the pass name and its (validated) parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def build(self) -> Pass:
+        cls = PASSES[self.name]
+        return cls(cls.Params(**self.params))
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    description: str = ""
+    passes: list[PassEntry] = Field(min_length=1)
+    export: list[str] = Field(default_factory=lambda: ["onnx"])
+    gate: GateSpec = Field(default_factory=GateSpec)
+    calibration: CalibSpec = Field(default_factory=CalibSpec)
+    benchmark: BenchSpec = Field(default_factory=BenchSpec)
+    preprocess: Preprocess | None = None
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The recipe as written in YAML (`pass:` key plus parameters inline), defaults included."""
+        d = self.model_dump(mode="json", exclude_none=True)
+        d["passes"] = [{"pass": p.name, **p.build().params.model_dump(mode="json")} for p in self.passes]
+        return d
+
+
+def list_recipes() -> dict[str, str]:
+    """Bundled recipe names and their descriptions."""
+    out = {}
+    for path in sorted(RECIPE_DIR.glob("*.yaml")):
+        out[path.stem] = load_recipe(path).description
+    return out
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise CompressorError(f"recipe file not found: {p}")
+        return p
+    bundled = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not bundled.exists():
+        names = ", ".join(sorted(q.stem for q in RECIPE_DIR.glob("*.yaml")))
+        raise CompressorError(f"unknown recipe {str(name_or_path)!r}. Bundled recipes: {names}. "
+                              "Or pass the path of a recipe .yaml file.")
+    return bundled
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load and validate a bundled recipe by name, or a recipe YAML file by path."""
+    path = resolve_recipe_path(name_or_path)
+    text = path.read_text()
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CompressorError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise CompressorError(f"{path}: a recipe is a YAML mapping with at least 'name' and 'passes'.")
+    return recipe_from_dict(data, source=str(path), yaml_root=root)
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "<recipe>", yaml_root: yaml.Node | None = None) -> Recipe:
+    """Validate a recipe mapping; errors name `source`, the key, its line and the allowed values."""
+    data = dict(data)
+    entries = data.get("passes")
+    if isinstance(entries, list):
+        data["passes"] = [_pass_entry(e, i, source, yaml_root) for i, e in enumerate(entries)]
+    try:
+        return Recipe(**data)
+    except ValidationError as e:
+        raise CompressorError(_format_errors(e, source, yaml_root)) from None
+
+
+def _pass_entry(entry: Any, index: int, source: str, root: yaml.Node | None) -> PassEntry:
+    where = f"{source}{_line(root, ('passes', index))}: passes[{index}]"
+    if not isinstance(entry, dict) or "pass" not in entry:
+        raise CompressorError(f"{where}: each pass is a mapping with a 'pass:' name and its parameters.")
+    params = {k: v for k, v in entry.items() if k != "pass"}
+    name = entry["pass"]
+    if name not in PASSES:
+        raise CompressorError(f"{where}: unknown pass {name!r}. Known passes: {', '.join(sorted(PASSES))}.")
+    try:
+        PASSES[name].Params(**params)
+    except ValidationError as e:
+        raise CompressorError(_format_errors(e, source, root, prefix=("passes", index), label=f"pass {name}")) from None
+    return PassEntry(name=name, params=params)
+
+
+def _format_errors(err: ValidationError, source: str, root: yaml.Node | None,
+                   prefix: tuple = (), label: str = "recipe") -> str:
+    lines = [f"{source}: invalid {label}:"]
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(prefix, loc, label)
+            msg = f"unknown key{'; allowed: ' + ', '.join(allowed) if allowed else ''}"
+        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  {key}{_line(root, loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(prefix: tuple, loc: tuple, label: str) -> list[str]:
+    if prefix and label.startswith("pass "):
+        return sorted(PASSES[label.removeprefix("pass ")].Params.model_fields)
+    if len(loc) == 1:
+        return sorted(Recipe.model_fields)
+    sub = {"gate": GateSpec, "calibration": CalibSpec, "benchmark": BenchSpec, "preprocess": Preprocess}
+    model = sub.get(str(loc[0]))
+    return sorted(model.model_fields) if model else []
+
+
+def _line(root: yaml.Node | None, loc: tuple) -> str:
+    """' (line N)' for the deepest node of `loc` that exists in the YAML tree."""
+    node, found = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            found, node = match[0], match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = found = node.value[part]
+        else:
+            break
+    return f" (line {found.start_mark.line + 1})" if found is not None else ""

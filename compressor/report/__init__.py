@@ -1,0 +1,6 @@
+"""Reports and the accuracy gate."""
+
+from compressor.report.junit import write_junit
+from compressor.report.report import REPORT_SCHEMA_VERSION, build_report, render_markdown, write_report
+
+__all__ = ["REPORT_SCHEMA_VERSION", "build_report", "render_markdown", "write_junit", "write_report"]

@@ -1,0 +1,23 @@
+"""Deployment targets, one module each. `get_exporter(name)` resolves `--export` names."""
+
+from __future__ import annotations
+
+from compressor.errors import CompressorError
+from exporters.base import Artifact, Exporter, atomic_path
+from exporters.onnx import OnnxArtifact, OnnxExporter
+
+EXPORTERS: dict[str, type[Exporter]] = {OnnxExporter.target: OnnxExporter}
+
+
+def get_exporter(name: str) -> Exporter:
+    """The exporter for `name`, or a clear error naming the available targets / missing extra."""
+    cls = EXPORTERS.get(name)
+    if cls is None:
+        raise CompressorError(f"unknown export target {name!r}; available here: {', '.join(sorted(EXPORTERS))}.")
+    ok, reason = cls.available()
+    if not ok:
+        raise CompressorError(reason)
+    return cls()
+
+
+__all__ = ["EXPORTERS", "Artifact", "Exporter", "OnnxArtifact", "OnnxExporter", "atomic_path", "get_exporter"]

@@ -1,0 +1,86 @@
+"""ONNX export through torch's own (dynamo) exporter, run in ONNX Runtime.
+
+Quantize/dequantize custom ops translate to QuantizeLinear/DequantizeLinear (onnxscript), the
+batch axis stays symbolic, and the file is checked by onnx.checker before it is renamed into
+place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import onnx
+import torch
+
+from compressor.errors import CompressorError
+from compressor.passes.quant.ops import ONNX_TRANSLATIONS
+from exporters.base import Artifact, Exporter, RunFn, atomic_path
+
+if TYPE_CHECKING:
+    from compressor.graph import Graph
+
+OPSET = 18
+
+
+class OnnxArtifact(Artifact):
+    def runner(self, threads: int) -> RunFn:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+        return run
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node in onnx.load(str(self.path), load_external_data=False).graph.node:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        return counts
+
+
+class OnnxExporter(Exporter):
+    target: ClassVar[str] = "onnx"
+
+    def __init__(self, opset: int = OPSET) -> None:
+        self.opset = opset
+
+    def export(self, graph: Graph, path: Path, precision: str) -> OnnxArtifact:
+        example = graph.example_inputs
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        with atomic_path(path) as tmp:
+            program = _quiet_export(graph.gm, example, self.opset, ({0: batch},))
+            if program is None:  # the graph was captured with a static batch
+                program = _quiet_export(graph.gm, example, self.opset, None)
+            if program is None:
+                raise CompressorError(f"ONNX export of the {precision} graph failed; run with -v for the "
+                                      "exporter's log.")
+            program.save(str(tmp))
+            onnx.checker.check_model(str(tmp), full_check=True)
+        return OnnxArtifact("onnx", path, precision, {"opset": self.opset})
+
+
+def _quiet_export(gm: torch.nn.Module, example: tuple, opset: int, dynamic: tuple | None):
+    """Run torch.onnx.export without its console chatter; None if this shape mode fails."""
+    log = logging.getLogger(__name__)
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            return torch.onnx.export(gm, example, dynamo=True, opset_version=opset,
+                                     custom_translation_table=ONNX_TRANSLATIONS, dynamic_shapes=dynamic,
+                                     verbose=False, optimize=True)
+    except Exception as e:
+        log.debug("ONNX export (dynamic=%s) failed: %s\n%s", dynamic is not None, e, sink.getvalue())
+        return None

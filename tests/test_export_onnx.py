@@ -1,0 +1,55 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compressor.data import DataSource
+from compressor.graph import capture
+from compressor.passes import PASSES, PassContext
+from exporters import get_exporter
+from exporters.base import atomic_path
+
+
+@pytest.fixture(scope="module")
+def quantized(vit_tiny, mnist_calib_tensor):
+    g = capture(vit_tiny, mnist_calib_tensor[:2])
+    PASSES["quant.int8_ptq"]().run(g, PassContext(calib=DataSource("t", mnist_calib_tensor)))
+    return g
+
+
+def test_quantized_onnx_has_int8_weights_and_qdq(tmp_path, quantized, mnist_calib_tensor):
+    art = get_exporter("onnx").export(quantized, tmp_path / "model.onnx", "int8")
+    model = onnx.load(str(art.path))
+    ops = art.op_counts()
+    assert ops["QuantizeLinear"] == 18 and ops["DequantizeLinear"] == 18 + 10
+    int8_weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    assert len(int8_weights) == 10
+    # batch axis is symbolic and ORT equals the PyTorch simulation on real digits
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    run = art.runner(threads=2)
+    x = mnist_calib_tensor[:13]
+    out = run(x.numpy())
+    np.testing.assert_allclose(out, quantized(x).numpy(), atol=1e-4, rtol=0)
+
+
+def test_float_export_matches_torch(tmp_path, vit_tiny):
+    g = capture(vit_tiny, torch.randn(2, 1, 28, 28))
+    art = get_exporter("onnx").export(g, tmp_path / "baseline.onnx", "fp32")
+    x = torch.randn(3, 1, 28, 28)
+    np.testing.assert_allclose(art.runner(1)(x.numpy()), vit_tiny(x).detach().numpy(), atol=1e-5)
+    assert art.size_bytes > 4 * sum(p.numel() for p in vit_tiny.parameters())
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "a.onnx"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_target_names_available():
+    from compressor.errors import CompressorError
+
+    with pytest.raises(CompressorError, match=r"unknown export target 'tflite'.*onnx"):
+        get_exporter("tflite")

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from compressor import zoo
+from compressor.data import DataSource
+from compressor.graph import Graph, capture
+from compressor.passes import PASSES, PassContext
+from compressor.passes.quant.ops import DEQUANTIZE, QUANTIZE
+
+
+def _quantize(model, calib, **params):
+    g = capture(model, calib[:2])
+    ctx = PassContext(calib=DataSource("test", calib), calib_batch_size=16)
+    p = PASSES["quant.int8_ptq"](PASSES["quant.int8_ptq"].Params(**params))
+    p.run(g, ctx)
+    return g, ctx.log[0]
+
+
+def _sqnr(a, b):
+    return float(10 * torch.log10(b.pow(2).sum() / (a - b).pow(2).sum()).detach())
+
+
+def test_vit_quantizes_linear_conv_and_attention(vit_tiny, mnist_calib_tensor):
+    g, record = _quantize(vit_tiny, mnist_calib_tensor)
+    assert record.summary["quantized_ops"] == {"conv": 1, "linear": 9, "matmul": 4}
+    # every quantized weight is an int8 buffer; no float weight of a quantized layer remains
+    int8 = {k for k, v in g.gm.state_dict().items() if v.dtype == torch.int8 and v.dim() >= 2}
+    assert len(int8) == 10
+    assert not any(k.endswith("qkv.weight") or k.endswith("fc1.weight") for k in g.gm.state_dict())
+    # LayerNorm, softmax and GELU stay float: their inputs are not dequantized values
+    for kind in ("layer_norm", "softmax", "gelu"):
+        for n in g.find(kind):
+            assert n.args[0].target is not DEQUANTIZE
+    n_q = sum(1 for n in g.nodes if n.target is QUANTIZE)
+    # image + head input + per block: inputs of qkv, proj, fc1, fc2 and both operands of 2 matmuls
+    assert n_q == record.summary["activation_quantizers"] == 1 + 1 + 2 * (4 + 4)
+
+
+def test_simulation_is_close_to_float(vit_tiny, mnist_calib_tensor):
+    g, _ = _quantize(vit_tiny, mnist_calib_tensor)
+    assert _sqnr(g(mnist_calib_tensor), vit_tiny(mnist_calib_tensor)) > 25
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
+def test_observers_all_work(vit_tiny, mnist_calib_tensor, observer):
+    g, record = _quantize(vit_tiny, mnist_calib_tensor, activation_observer=observer)
+    assert record.params["activation_observer"] == observer
+    assert _sqnr(g(mnist_calib_tensor), vit_tiny(mnist_calib_tensor)) > 15
+
+
+def test_reduce_range_limits_weights_to_7_bits(vit_tiny, mnist_calib_tensor):
+    g, record = _quantize(vit_tiny, mnist_calib_tensor, reduce_range=True)
+    weights = [v for v in g.gm.state_dict().values() if v.dtype == torch.int8 and v.dim() >= 2]
+    assert max(int(w.abs().max()) for w in weights) <= 63
+    assert record.summary["weight_bits_effective"] == 7
+    g8, _ = _quantize(vit_tiny, mnist_calib_tensor, reduce_range=False)
+    assert max(int(v.abs().max()) for v in g8.gm.state_dict().values() if v.dtype == torch.int8) == 127
+
+
+def test_auto_reduce_range_is_resolved_in_the_record(vit_tiny, mnist_calib_tensor):
+    _, record = _quantize(vit_tiny, mnist_calib_tensor)
+    assert record.params["reduce_range"] in (True, False)
+
+
+def test_int8_activations_are_symmetric(vit_tiny, mnist_calib_tensor):
+    _, record = _quantize(vit_tiny, mnist_calib_tensor, activation_dtype="int8")
+    assert {a["zero_point"] for a in record.summary["activations"]} == {0}
+
+
+def test_skip_and_attention_switch(vit_tiny, mnist_calib_tensor):
+    g, record = _quantize(vit_tiny, mnist_calib_tensor, skip=["head", "blocks.1.*"], quantize_attention=False)
+    assert record.summary["quantized_ops"] == {"conv": 1, "linear": 4}
+    assert "head.weight" in g.gm.state_dict()
+    paths = {Graph.module_path(n) for n in g.nodes if n.target is DEQUANTIZE}
+    assert not any(p.startswith("blocks.1") for p in paths)
+
+
+def test_cnn_and_sdpa_vit(mnist_calib_tensor):
+    torch.manual_seed(0)
+    cnn = zoo.build("resnet_mnist").eval()
+    g, record = _quantize(cnn, mnist_calib_tensor)
+    assert record.summary["quantized_ops"]["conv"] >= 4 and record.summary["quantized_ops"]["linear"] == 1
+    assert _sqnr(g(mnist_calib_tensor), cnn(mnist_calib_tensor)) > 20
+    sdpa = zoo.build("vit_mnist_sdpa", depth=2).eval()
+    g, record = _quantize(sdpa, mnist_calib_tensor)
+    assert record.summary["sdpa_decomposed"] == 2 and record.summary["quantized_ops"]["matmul"] == 4

@@ -1,0 +1,56 @@
+import pytest
+
+from compressor.errors import CompressorError
+from compressor.recipe import list_recipes, load_recipe
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_bundled_recipe_loads_with_defaults():
+    r = load_recipe("int8-ptq")
+    assert r.passes[0].name == "quant.int8_ptq" and r.export == ["onnx"]
+    d = r.to_yaml_dict()
+    assert d["passes"][0]["reduce_range"] == "auto" and d["passes"][0]["percentile"] == 99.99
+    assert "int8-ptq" in list_recipes()
+
+
+def test_unknown_recipe_lists_bundled():
+    with pytest.raises(CompressorError, match=r"unknown recipe 'nope'.*int8-ptq"):
+        load_recipe("nope")
+
+
+def test_unknown_pass_names_known_passes(tmp_path):
+    p = _write(tmp_path, "name: x\npasses:\n  - pass: quant.magic\n")
+    with pytest.raises(CompressorError, match=r"r.yaml \(line 3\).*unknown pass 'quant.magic'.*quant.int8_ptq"):
+        load_recipe(p)
+
+
+def test_unknown_pass_key_gives_line_and_allowed(tmp_path):
+    p = _write(tmp_path, "name: x\npasses:\n  - pass: quant.int8_ptq\n    w_bitz: 4\n")
+    with pytest.raises(CompressorError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert "passes.0.w_bitz (line 4): unknown key" in msg and "activation_observer" in msg
+
+
+def test_wrong_type_and_bad_choice(tmp_path):
+    p = _write(tmp_path, "name: x\npasses:\n  - pass: quant.int8_ptq\n    activation_observer: kl\n"
+                         "    percentile: lots\n")
+    with pytest.raises(CompressorError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert "activation_observer (line 4)" in msg and "'minmax', 'percentile' or 'mse'" in msg
+    assert "percentile (line 5)" in msg and "valid number" in msg
+
+
+def test_unknown_top_level_key_and_bad_yaml(tmp_path):
+    with pytest.raises(CompressorError, match=r"exports \(line 4\): unknown key; allowed: .*export"):
+        load_recipe(_write(tmp_path, "name: x\npasses:\n  - pass: quant.int8_ptq\nexports: [onnx]\n"))
+    with pytest.raises(CompressorError, match="not valid YAML"):
+        load_recipe(_write(tmp_path, "name: [x\n"))
+    with pytest.raises(CompressorError, match="passes"):
+        load_recipe(_write(tmp_path, "name: x\npasses: []\n"))
