@@ -1,0 +1,92 @@
+"""Model registry: architectures by name, plus named presets of their configs.
+
+Checkpoints store ``(arch, config)`` rather than pickled modules, so they load
+with ``torch.load(weights_only=True)`` and rebuild through :func:`build`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from compressor.zoo.cnn import ResNetSmall
+from compressor.zoo.vit import VisionTransformer
+
+__all__ = ["ARCHS", "PRESETS", "ResNetSmall", "VisionTransformer", "build", "list_models", "preset_config"]
+
+ARCHS: dict[str, Callable[..., nn.Module]] = {
+    "vit": VisionTransformer,
+    "resnet": ResNetSmall,
+}
+
+
+def _deit(embed_dim: int, num_heads: int) -> dict[str, Any]:
+    return {
+        "img_size": 224,
+        "patch_size": 16,
+        "in_chans": 3,
+        "num_classes": 1000,
+        "embed_dim": embed_dim,
+        "depth": 12,
+        "num_heads": num_heads,
+        "mlp_ratio": 4.0,
+        "attn_impl": "manual",
+    }
+
+
+_VIT_MNIST: dict[str, Any] = {
+    "img_size": 28,
+    "patch_size": 7,
+    "in_chans": 1,
+    "num_classes": 10,
+    "embed_dim": 64,
+    "depth": 4,
+    "num_heads": 4,
+    "mlp_ratio": 2.0,
+    "attn_impl": "manual",
+}
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "deit_tiny_patch16_224": ("vit", _deit(192, 3)),
+    "deit_small_patch16_224": ("vit", _deit(384, 6)),
+    "deit_base_patch16_224": ("vit", _deit(768, 12)),
+    "vit_mnist": ("vit", _VIT_MNIST),
+    "vit_mnist_sdpa": ("vit", {**_VIT_MNIST, "attn_impl": "sdpa"}),
+    "resnet_mnist": ("resnet", {"in_chans": 1, "num_classes": 10, "widths": [16, 32, 64]}),
+}
+
+
+def _unknown(name: str) -> KeyError:
+    return KeyError(
+        f"unknown model {name!r}; presets: {', '.join(sorted(PRESETS))}; architectures: {', '.join(sorted(ARCHS))}"
+    )
+
+
+def preset_config(name: str) -> tuple[str, dict[str, Any]]:
+    """Return ``(arch, config)`` for a preset; a deep copy, so callers can edit it freely."""
+    if name not in PRESETS:
+        raise _unknown(name)
+    arch, config = PRESETS[name]
+    return arch, copy.deepcopy(config)
+
+
+def build(name_or_arch: str, **config: Any) -> nn.Module:
+    """Build a model from a preset (``config`` overrides its keys) or an arch (``config`` is complete).
+
+    One entry point for both lets a checkpoint rebuild via its stored arch and
+    config while users and recipes refer to short preset names.
+    """
+    if name_or_arch in PRESETS:
+        arch, base = preset_config(name_or_arch)
+        return ARCHS[arch](**{**base, **config})
+    if name_or_arch in ARCHS:
+        return ARCHS[name_or_arch](**config)
+    raise _unknown(name_or_arch)
+
+
+def list_models() -> list[str]:
+    """Preset names, sorted, for CLIs and error messages; arch names are the keys of ``ARCHS``."""
+    return sorted(PRESETS)
