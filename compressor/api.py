@@ -142,7 +142,7 @@ def _staging_dir(out: Path) -> Path:
         if out.exists() and not os.access(out, os.W_OK):
             raise PermissionError(out)
         return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    except PermissionError as e:
+    except OSError as e:
         raise CompressorError(f"output folder {out} is not writable ({e.strerror or 'permission denied'}); "
                               "choose another folder with -o.") from e
 
@@ -158,10 +158,14 @@ def _data_roots() -> list[Path]:
 
 
 def _bundled(loaded: LoadedModel, split: str) -> Path | None:
-    """The bundled split of the data set a checkpoint was trained on, if it names one."""
-    if not loaded.dataset:
+    """Bundled data for a model: its data set's split, or the photographs for RGB models' calibration."""
+    if loaded.dataset:
+        rel = Path(loaded.dataset) / split
+    elif split == "calib" and loaded.preprocess is not None and loaded.preprocess.channels == 3:
+        rel = Path("photos")
+    else:
         return None
-    return next((r / loaded.dataset / split for r in _data_roots() if (r / loaded.dataset / split).exists()), None)
+    return next((r / rel for r in _data_roots() if (r / rel).exists()), None)
 
 
 def _data(given: Any, spec: Preprocess, role: str, default: Path | None) -> DataSource:

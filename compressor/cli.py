@@ -58,12 +58,11 @@ def _print_recipes() -> None:
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    console = Console()
+    console = Console(width=max(Console().width, 100))
     b = report["baseline"]
-    table = Table(title=f"{report['model']['name']} · {report['recipe']['name']} · metric {report['metric']}")
-    for col in ("artifact", "accuracy", "simulation", f"latency ms (b{b['latency_ms']['batch']})", "speedup",
-                "size MB", "status"):
-        table.add_column(col)
+    table = Table(title=f"{report['model']['name']} · {report['recipe']['name']} · metric {report['metric']} (%)")
+    for col in ("artifact", "accuracy", "simulation", f"ms b{b['latency_ms']['batch']}", "speedup", "MB", "status"):
+        table.add_column(col, no_wrap=True)
     table.add_row(b["path"], f"{b['accuracy']:.2f}", f"{b['float_torch_accuracy']:.2f}",
                   f"{b['latency_ms']['median']:.2f}", "1.00x", f"{b['size_bytes'] / 1e6:.2f}", "baseline")
     for a in report["artifacts"]:

@@ -76,6 +76,9 @@ def _quiet_export(gm: torch.nn.Module, example: tuple, opset: int, dynamic: tupl
     """Run torch.onnx.export without its console chatter; None if this shape mode fails."""
     log = logging.getLogger(__name__)
     sink = io.StringIO()
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)  # "torchvision is not installed" is noise for us
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             return torch.onnx.export(gm, example, dynamo=True, opset_version=opset,
@@ -84,3 +87,5 @@ def _quiet_export(gm: torch.nn.Module, example: tuple, opset: int, dynamic: tupl
     except Exception as e:
         log.debug("ONNX export (dynamic=%s) failed: %s\n%s", dynamic is not None, e, sink.getvalue())
         return None
+    finally:
+        registry_log.setLevel(level)

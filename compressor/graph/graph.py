@@ -24,6 +24,7 @@ KINDS: dict[str, tuple[Any, ...]] = {
     "layer_norm": (aten.layer_norm.default,),
     "softmax": (aten.softmax.int, aten._softmax.default),
     "gelu": (aten.gelu.default,),
+    "relu": (aten.relu.default, aten.relu_.default),
     "batch_norm": (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default),
     "sdpa": (aten.scaled_dot_product_attention.default,),
     "add": (aten.add.Tensor,),
@@ -47,7 +48,9 @@ class Graph:
     """A captured model: the exported `GraphModule`, example inputs and pass annotations."""
 
     def __init__(self, gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> None:
-        self.gm = gm.eval()
+        for m in gm.modules():  # exported graphs are already specialized to inference; the flag tells exporters
+            m.training = False  # (exported modules refuse .eval() itself)
+        self.gm = gm
         self.example_inputs = example_inputs
 
     # -- inspection -------------------------------------------------------------------------

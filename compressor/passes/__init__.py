@@ -2,5 +2,6 @@
 
 from compressor.passes.base import PASSES, Pass, PassContext, PassParams, PassRecord, register_pass
 from compressor.passes.quant import int8_ptq  # noqa: F401  (registers quant.int8_ptq)
+from compressor.passes.reparam import fold_bn  # noqa: F401  (registers reparam.fold_bn)
 
 __all__ = ["PASSES", "Pass", "PassContext", "PassParams", "PassRecord", "register_pass"]

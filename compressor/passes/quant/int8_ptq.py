@@ -3,10 +3,16 @@
 Weights: int8 symmetric per output channel. Activations: int8/uint8 per tensor with a min-max,
 percentile or MSE range from one streamed calibration pass. Quantized: the inputs of Linear,
 Conv and both operands of the attention matmuls (q·kᵀ and softmax·v); LayerNorm, Softmax and
-GELU stay float. Linear weights are stored transposed ([in, out], scales on axis 1) so the
-exported graph is MatMul(DQ(x), DQ(Wᵀ)) with constant int8 weights: no Transpose sits between
-the weight's DequantizeLinear and the MatMul, which ONNX Runtime needs to fuse the pair into an
-integer kernel.
+GELU stay float.
+
+The layout is chosen for ONNX Runtime's QDQ fusion (measured in benches/spine.py): Linear
+weights are stored transposed ([in, out], scales on axis 1) so the graph is MatMul(DQ(x), DQ(Wᵀ))
+with no Transpose between the weight's DequantizeLinear and the MatMul; biases are int32 with
+scale s_x·s_w behind their own DequantizeLinear; and a Linear on (B, N, C) tokens runs on the
+(B·N, C) view, quantized after the reshape. ORT turns a 2-D MatMul+Add into Gemm (with a symbolic
+batch it does not for 3-D inputs) and then DQ-Gemm-DQ(int32 bias) into one QGemm with float
+output. With a float bias, or on 3-D inputs, it leaves MatMulIntegerToFloat plus a float Add, or
+fuses nothing, and the int8 model runs slower than the float one.
 
 `reduce_range` (7-bit weights): on x86 CPUs without VNNI, ONNX Runtime's u8×s8 kernels add pairs
 of products in int16 with saturation (VPMADDUBSW); 255·127·2 overflows, 255·64·2 does not.
@@ -50,6 +56,8 @@ class Int8PTQParams(PassParams):
     quantize_linear: bool = True
     quantize_conv: bool = True
     quantize_attention: bool = Field(True, description="quantize both operands of q·kᵀ and softmax·v")
+    quantize_conv_output: bool = Field(
+        True, description="quantize Conv outputs (after a ReLU that follows) so runtimes fuse an int8 Conv")
     skip: list[str] = Field(default_factory=list, description="module paths (glob) kept in float")
     histogram_bins: int = Field(2048, ge=64, le=65536, multiple_of=4)
 
@@ -76,7 +84,8 @@ class Int8PTQ(Pass):
             p.reduce_range = not cpu_has_vnni()
         decomposed = decompose_sdpa(graph) if p.quantize_attention else 0
         targets = self._targets(graph)
-        observers = self._insert_observers(graph, targets)
+        outputs = _conv_outputs(targets) if p.quantize_conv_output else []
+        observers = self._insert_observers(graph, targets, outputs)
         graph.recompile()
         batches = ctx.calibration_batches()
         for x in ctx.progress.track(batches, "calibrating", total=_num_batches(ctx)):
@@ -115,18 +124,26 @@ class Int8PTQ(Pass):
             return MinMaxObserver()
         return HistogramObserver(self.params.histogram_bins)
 
-    def _insert_observers(self, graph: Graph, targets: list[tuple[fx.Node, list[int]]]) -> dict[fx.Node, fx.Node]:
-        """One observer per distinct activation tensor, shared by all quantized consumers."""
+    def _insert_observers(self, graph: Graph, targets: list[tuple[fx.Node, list[int]]],
+                          outputs: list[fx.Node]) -> dict[fx.Node, fx.Node]:
+        """One observer per distinct tensor: quantized inputs are re-pointed to it, quantized
+        outputs have all their uses re-pointed."""
         observed: dict[fx.Node, fx.Node] = {}
+
+        def observer(src: fx.Node) -> fx.Node:
+            if src not in observed:
+                name = f"_observer_{len(observed)}"
+                graph.gm.add_submodule(name, self._make_observer())
+                with graph.gm.graph.inserting_after(src):
+                    observed[src] = graph.gm.graph.call_module(name, (src,))
+            return observed[src]
+
         for node, positions in targets:
             for i in positions:
-                src = node.args[i]
-                if src not in observed:
-                    name = f"_observer_{len(observed)}"
-                    graph.gm.add_submodule(name, self._make_observer())
-                    with graph.gm.graph.inserting_after(src):
-                        observed[src] = graph.gm.graph.call_module(name, (src,))
-                node.update_arg(i, observed[src])
+                node.update_arg(i, observer(node.args[i]))
+        for src in outputs:
+            obs = observer(src)
+            src.replace_all_uses_with(obs, delete_user_cb=lambda user, obs=obs: user is not obs)
         return observed
 
     # -- rewriting ----------------------------------------------------------------------------
@@ -158,6 +175,21 @@ class Int8PTQ(Pass):
                             "scale": float(scale), "zero_point": int(zp)})
         return records
 
+    @staticmethod
+    def _quantize_bias(graph: Graph, node: fx.Node, bias: fx.Node, w_scale: torch.Tensor, path: str) -> fx.Node:
+        """int32 bias on the accumulator's grid (s_x·s_w), so the runtime adds it inside the integer GEMM."""
+        x_scale = _input_scale(graph, node)
+        if x_scale is None or not graph.is_constant(bias):
+            return bias
+        b = graph.attr(bias).detach().float()
+        scale = (x_scale.float() * w_scale).float()
+        info = torch.iinfo(torch.int32)
+        bq = torch.clamp(torch.round(b / scale), info.min, info.max).to(torch.int32)
+        nodes = [graph.add_buffer(f"{path}.bias_int32", bq, before=node),
+                 graph.add_buffer(f"{path}.bias_scale", scale, before=node),
+                 graph.add_buffer(f"{path}.bias_zero_point", torch.zeros_like(bq), before=node)]
+        return graph.call(ops.DEQUANTIZE, (*nodes, 0), before=node, like=node)
+
     def _quantize_weight(self, graph: Graph, node: fx.Node) -> dict[str, Any]:
         """Replace the float weight by int8 + per-channel DequantizeLinear."""
         w = graph.attr(node.args[1]).detach()
@@ -176,20 +208,67 @@ class Int8PTQ(Pass):
         z_node = graph.add_buffer(f"{path}.weight_zero_point", torch.zeros_like(scale, dtype=torch.int8),
                                   before=node)
         w_dq = graph.call(ops.DEQUANTIZE, (wq_node, s_node, z_node, axis), before=node, like=node)
+        bias = node.args[2] if len(node.args) > 2 else None
+        if bias is not None:
+            bias = self._quantize_bias(graph, node, bias, scale, path)
         if linear:
-            x, _, *bias = node.args
+            x, lead = _flat_input(graph, node)
             out = graph.call(aten.matmul.default, (x, w_dq), before=node, like=node)
-            if bias and bias[0] is not None:
-                out = graph.call(aten.add.Tensor, (out, bias[0]), before=node, like=node)
+            if bias is not None:
+                out = graph.call(aten.add.Tensor, (out, bias), before=node, like=node)
+            if lead is not None:
+                out = graph.call(aten.reshape.default, (out, [-1, *lead, w.shape[1]]), before=node, like=node)
             node.replace_all_uses_with(out)
             graph.gm.graph.erase_node(node)
         else:
             node.update_arg(1, w_dq)
+            if bias is not None:
+                node.update_arg(2, bias)
         graph.annotate(w_dq, "quant", {"weight_bits": 7 if qmax == 63 else 8, "axis": axis})
         err = (wq.float() * scale.reshape(shape) - w).pow(2).mean() / w.pow(2).mean().clamp_min(1e-20)
         return {"module": path, "kind": "linear" if linear else "conv", "shape": list(w.shape),
                 "scale_min": float(scale.min()), "scale_max": float(scale.max()),
                 "weight_sqnr_db": round(float(-10 * torch.log10(err.clamp_min(1e-20))), 2)}
+
+
+def _conv_outputs(targets: list[tuple[fx.Node, list[int]]]) -> list[fx.Node]:
+    """Where a Conv's output is quantized: after its ReLU if one follows directly.
+
+    ONNX Runtime fuses DQ → Conv → Q into an int8 Conv (and drops a ReLU before a Q whose zero
+    point is 0); a Conv without an output Q stays float.
+    """
+    outs = []
+    for node, _ in targets:
+        if is_kind(node, "conv"):
+            users = list(node.users)
+            outs.append(users[0] if len(users) == 1 and is_kind(users[0], "relu") else node)
+    return outs
+
+
+def _flat_input(graph: Graph, node: fx.Node) -> tuple[fx.Node, list[int] | None]:
+    """The Linear's quantized input on a 2-D (rows, C) view, and the static dims to restore.
+
+    Only for a dequantized input of rank > 2 whose dims after the batch are static; otherwise the
+    input is returned unchanged with None.
+    """
+    x = node.args[0]
+    if not (isinstance(x, fx.Node) and x.target is ops.DEQUANTIZE):
+        return x, None
+    src = x.args[0].args[0]
+    val = src.meta.get("val")
+    if val is None or val.dim() <= 2 or not all(isinstance(d, int) for d in val.shape[1:]):
+        return x, None
+    flat = graph.call(aten.reshape.default, (src, [-1, val.shape[-1]]), before=node, like=node)
+    q = graph.call(ops.QUANTIZE, (flat, *x.args[1:]), before=node, like=node)
+    return graph.call(ops.DEQUANTIZE, (q, *x.args[1:]), before=node, like=node), list(val.shape[1:-1])
+
+
+def _input_scale(graph: Graph, node: fx.Node) -> torch.Tensor | None:
+    """The activation scale of `node`'s input, if that input is a dequantized tensor."""
+    x = node.args[0]
+    if isinstance(x, fx.Node) and x.op == "call_function" and x.target is ops.DEQUANTIZE:
+        return graph.attr(x.args[1])
+    return None
 
 
 def _forward_conv(node: fx.Node) -> bool:

@@ -1,0 +1,1 @@
+"""Structural reparameterizations: rewrites that keep the float function and change the graph."""

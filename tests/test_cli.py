@@ -1,0 +1,162 @@
+"""End to end through the CLI: the bundled models, the gate, the Python API and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import compressor
+from compressor import zoo
+from compressor.cli import app
+from compressor.data import Preprocess, open_source
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_SPLIT = ROOT / "calibration_data" / "mnist" / "test"
+FAST = ["--batch-sizes", "8", "-q"]
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _ort_top1(path: Path, spec: Preprocess) -> float:
+    """Top-1 of an ONNX file on the test split, computed here independently of the report code."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    src = open_source(TEST_SPLIT, spec)
+    correct = 0
+    for x, y in src.batches(100):
+        logits = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        correct += int((logits.argmax(1) == y.numpy()).sum())
+    return 100.0 * correct / len(src)
+
+
+@pytest.mark.parametrize("ckpt", ["vit_mnist.pt", "cnn_mnist.pt"])
+def test_bundled_model_meets_accuracy_target_on_the_artifact(tmp_path, ckpt):
+    out = tmp_path / "out"
+    result = cli(ROOT / ckpt, "--recipe", "int8-ptq", "-o", out, "--max-drop", "0.5", "--junit", tmp_path / "j.xml",
+                 *FAST)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["baseline.onnx", "model.onnx", "pareto.png", "recipe.yaml",
+                                                     "report.json", "report.md"]
+    r = json.loads((out / "report.json").read_text())
+    art = r["artifacts"][0]
+    assert r["schema_version"] == 1 and r["metric"] == "top1" and r["gate"] == {
+        "metric": "top1", "max_drop": 0.5, "passed": True}
+    assert r["accuracy_drop"] <= 0.5 and r["baseline"]["accuracy"] > 95
+    # the reported numbers are those of the ONNX files, recomputed here from scratch
+    spec = Preprocess(size=(28, 28), channels=1, mean=(0.1307,), std=(0.3081,))
+    assert _ort_top1(out / "model.onnx", spec) == pytest.approx(art["accuracy"], abs=1e-6)
+    assert _ort_top1(out / "baseline.onnx", spec) == pytest.approx(r["baseline"]["accuracy"], abs=1e-6)
+    assert abs(art["sim_gap"]) <= 0.3
+    assert art["size_bytes"] == (out / "model.onnx").stat().st_size < 0.5 * r["baseline"]["size_bytes"]
+    for key in ("median", "p90"):
+        assert art["latency_ms"][key] > 0 and r["baseline"]["latency_ms"][key] > 0
+    assert art["speedup_vs_baseline"] == pytest.approx(r["baseline"]["latency_ms"]["median"] /
+                                                       art["latency_ms"]["median"], rel=1e-3)
+    recipe = (out / "recipe.yaml").read_text()
+    assert "reduce_range: auto" not in recipe and "sha256:" in recipe and "onnxruntime:" in recipe
+    assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "0"
+    assert "PASSED" in (out / "report.md").read_text()
+
+
+def test_gate_failure_exits_1_and_says_so(tmp_path):
+    recipe = tmp_path / "harsh.yaml"
+    recipe.write_text("name: harsh\npasses:\n  - pass: quant.int8_ptq\n    activation_observer: percentile\n"
+                      "    percentile: 90.5\n")
+    out = tmp_path / "out"
+    result = cli(ROOT / "vit_mnist.pt", "-r", recipe, "-o", out, "--max-drop", "0.5", "--junit", tmp_path / "j.xml",
+                 "--calib-size", "64", *FAST)
+    assert result.exit_code == 1
+    r = json.loads((out / "report.json").read_text())
+    assert r["gate"]["passed"] is False and r["accuracy_drop"] > 0.5
+    root = ET.parse(tmp_path / "j.xml").getroot()
+    assert root.get("failures") == "1" and "drop" in root.find("testcase/failure").get("message")
+
+
+def test_python_api_with_module_and_loaders(tmp_path):
+    ckpt = torch.load(ROOT / "cnn_mnist.pt", weights_only=True)
+    model = zoo.build(ckpt["arch"], **ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    spec = Preprocess(**ckpt["preprocess"])
+    calib = [x for x, _ in open_source(ROOT / "calibration_data" / "mnist" / "calib", spec).batches(50, 200)]
+    evals = list(open_source(TEST_SPLIT, spec).batches(100, 300))
+    res = compressor.compress(model, recipe="int8-ptq", calib=calib, eval_data=evals, export=["onnx"],
+                              out_dir=tmp_path / "out", batch_sizes=[1])
+    assert res.artifacts["onnx"].path == tmp_path / "out" / "model.onnx" and res.artifacts["onnx"].path.exists()
+    assert res.report["data"]["evaluation"]["count"] == 300 and res.report["metric"] == "top1"
+    assert res.passed_gate and res.accuracy_drop <= 1.0
+
+
+def test_unlabeled_eval_falls_back_to_agreement(tmp_path):
+    res = compressor.compress(ROOT / "vit_mnist.pt", calib=ROOT / "calibration_data" / "mnist" / "calib",
+                              eval_data=ROOT / "calibration_data" / "mnist" / "calib", out_dir=tmp_path / "o",
+                              calib_size=64, batch_sizes=[1])
+    assert res.report["metric"] == "agreement" and res.report["artifacts"][0]["accuracy"] > 95
+
+
+# -- bad input: exit 2, a message naming problem and fix, nothing left in out/ -----------------------
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    m = zoo.build("vit_mnist").eval()
+    torch.save(m, d / "pickled.pt")
+    torch.export.save(torch.export.export(m, (torch.zeros(2, 1, 28, 28),)), d / "vit.pt2")
+    (d / "notes.pt").write_text("not a model")
+    (d / "empty").mkdir()
+    (d / "big").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((32, 32), 40 * i, np.uint8)).save(d / "big" / f"{i}.png")
+    (d / "unknown_key.yaml").write_text("name: x\npasses:\n  - pass: quant.int8_ptq\n    bits: 4\n")
+    (d / "wrong_type.yaml").write_text("name: x\npasses:\n  - pass: quant.int8_ptq\n    quantize_conv: maybe\n")
+    (d / "a_file").write_text("")
+    return d
+
+
+BAD = {
+    "missing file": (["{d}/nope.pt"], "model file not found"),
+    "not a model": (["{d}/notes.pt"], "not a PyTorch model file"),
+    "pickle without trust": (["{d}/pickled.pt"], "--trust-pickle"),
+    "unknown recipe": (["{root}/vit_mnist.pt", "-r", "int3-magic"], "unknown recipe 'int3-magic'"),
+    "recipe unknown key": (["{root}/vit_mnist.pt", "-r", "{d}/unknown_key.yaml"], "bits (line 4): unknown key"),
+    "recipe wrong type": (["{root}/vit_mnist.pt", "-r", "{d}/wrong_type.yaml"], "quantize_conv (line 4)"),
+    "empty calibration folder": (["{root}/vit_mnist.pt", "--calib", "{d}/empty"], "no images found"),
+    "wrong image size, no spec": (["{d}/vit.pt2", "--calib", "{d}/big"], "does not run on inputs of shape 2,1,32,32"),
+    "wrong image size vs shape": (["{d}/vit.pt2", "--calib", "{d}/big", "--input-shape", "1,1,28,28"],
+                                  "--size H,W"),
+    "input shape does not fit": (["{d}/vit.pt2", "--calib", "{d}/big", "--input-shape", "1,1,32,32"],
+                                 "does not run on inputs"),
+    "output not writable": (["{root}/vit_mnist.pt", "-o", "{d}/a_file/out"], "not writable"),
+    "no model": ([], "missing MODEL"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_exits_2_with_a_clear_message(bad_inputs, tmp_path, case):
+    args, message = BAD[case]
+    args = [a.format(d=bad_inputs, root=ROOT) for a in args]
+    out = tmp_path / "out"
+    if "-o" not in args:
+        args += ["-o", str(out)]
+    result = cli(*args, "-q")
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert not out.exists() or not any(out.iterdir())
+    assert not list(tmp_path.glob(".out.partial-*")), "staging folder left behind"
+
+
+def test_console_script_help_and_recipes():
+    exe = Path(sys.executable).parent / "compress"
+    helped = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
+    assert "--recipe" in helped.stdout and "--max-drop" in helped.stdout and "--trust-pickle" in helped.stdout
+    listed = subprocess.run([exe, "--list-recipes"], capture_output=True, text=True, check=True)
+    assert "int8-ptq" in listed.stdout
