@@ -8,6 +8,7 @@ paths, pattern matching, buffer helpers and per-node annotations that later pass
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -158,7 +159,9 @@ class Graph:
         return self
 
     def clone(self) -> Graph:
-        return Graph(copy.deepcopy(self.gm), self.example_inputs)
+        with warnings.catch_warnings():  # torch's pytree spec pickling warns about its own deprecation
+            warnings.simplefilter("ignore", FutureWarning)
+            return Graph(copy.deepcopy(self.gm), self.example_inputs)
 
     @torch.no_grad()
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:

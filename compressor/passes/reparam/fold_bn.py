@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from compressor.graph.graph import Graph, is_kind
+from compressor.graph.graph import Graph
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 
 aten = torch.ops.aten
