@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from compressor.graph import Graph
 
 OPSET = 18
+KEPT_METADATA = "namespace"
 
 
 class OnnxArtifact(Artifact):
@@ -67,9 +68,24 @@ class OnnxExporter(Exporter):
             if program is None:
                 raise CompressorError(f"ONNX export of the {precision} graph failed; run with -v for the "
                                       "exporter's log.")
-            program.save(str(tmp))
+            model = program.model_proto
+            strip_debug_metadata(model)
+            onnx.save(model, str(tmp))
             onnx.checker.check_model(str(tmp), full_check=True)
         return OnnxArtifact("onnx", path, precision, {"opset": self.opset})
+
+
+def strip_debug_metadata(model: onnx.ModelProto) -> None:
+    """Keep each node's module path; drop the exporter's stack traces and FX dumps.
+
+    They are debugging aids that grow a small model's file by half and carry the exporting
+    machine's source paths into a shipped artifact.
+    """
+    for node in model.graph.node:
+        keep = [(p.key, p.value) for p in node.metadata_props if p.key == KEPT_METADATA]
+        del node.metadata_props[:]
+        for key, value in keep:
+            node.metadata_props.add(key=key, value=value)
 
 
 def _quiet_export(gm: torch.nn.Module, example: tuple, opset: int, dynamic: tuple | None):

@@ -23,6 +23,7 @@ def files(tmp_path_factory, vit_tiny):
     torch.jit.save(torch.jit.trace(vit_tiny, X), d / "ts.pt")
     torch.export.save(torch.export.export(vit_tiny, (X,)), d / "m.pt2")
     (d / "notes.pt").write_text("hello, not a model")
+    (d / "notes2.pt").write_text("not a model either")
     torch.save({"epoch": 3}, d / "no_weights.pt")
     return d
 
@@ -61,6 +62,7 @@ def test_torchscript_and_exported_program(files, vit_tiny, name, kind):
 
 
 @pytest.mark.parametrize("name, message", [("notes.pt", "not a PyTorch model file"),
+                                           ("notes2.pt", "not a PyTorch model file"),
                                            ("no_weights.pt", "does not hold a model"),
                                            ("missing.pt", "not found")])
 def test_bad_files_are_named(files, name, message):

@@ -21,6 +21,7 @@ from compressor.data.preprocess import Preprocess
 from compressor.errors import CompressorError
 
 CHECKPOINT_FORMAT = "compressor.checkpoint"
+WEIGHTS_ONLY_REFUSAL = "Unsupported global"  # torch.load(weights_only=True) refusing a pickled class
 FORMATS_HINT = ("a compressor checkpoint or state_dict (.pt/.pth, with --arch for a bare state_dict), "
                 "a TorchScript archive, or a torch.export .pt2 file")
 
@@ -52,6 +53,9 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if WEIGHTS_ONLY_REFUSAL not in str(e):  # a broken or non-pickle file, not a refused object
+            raise CompressorError(f"{p} is not a PyTorch model file ({str(e).splitlines()[0][:200]}). "
+                                  f"Expected {FORMATS_HINT}.") from e
         if not trust_pickle:
             raise CompressorError(
                 f"{p} holds pickled Python objects (probably a whole nn.Module saved with torch.save(model)). "
