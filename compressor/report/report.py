@@ -11,7 +11,7 @@ import math
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,7 +19,9 @@ from compressor.io import LoadedModel
 from compressor.passes import PassRecord
 from compressor.recipe import SCHEMA_VERSION, Recipe
 from compressor.report.pareto import plot_pareto
-from exporters import Artifact
+
+if TYPE_CHECKING:
+    from exporters import Artifact
 
 REPORT_SCHEMA_VERSION = 1
 TOOLS = ("compressor", "torch", "onnx", "onnxscript", "onnxruntime", "numpy")
