@@ -27,7 +27,7 @@ from compressor.graph import Graph, capture
 from compressor.io import LoadedModel, load_model, load_module
 from compressor.passes import PassContext
 from compressor.progress import Progress
-from compressor.recipe import Recipe, load_recipe
+from compressor.recipe import BenchSpec, Recipe, load_recipe
 from compressor.report import write_report
 from exporters import Artifact, get_exporter
 
@@ -232,7 +232,7 @@ def _data_info(src: DataSource, used: int, ctx: PassContext) -> dict[str, Any]:
 
 # -- evaluation ------------------------------------------------------------------------------------
 def _evaluate(loaded: LoadedModel, graph: Graph, baseline: Artifact, artifacts: dict[str, Artifact],
-              data: DataSource, rec: Recipe, bench: Any, shape: tuple[int, ...], bar: Progress,
+              data: DataSource, rec: Recipe, bench: BenchSpec, shape: tuple[int, ...], bar: Progress,
               max_drop: float | None) -> dict[str, Any]:
     """Accuracy of the float model, the baseline artifact, the simulation and each artifact."""
     module = loaded.module.module() if isinstance(loaded.module, torch.export.ExportedProgram) else loaded.module

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
+from compressor.eval.metrics import Runner
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -35,15 +35,8 @@ class Artifact(ABC):
         return sum(f.stat().st_size for f in _files(self.path))
 
     @abstractmethod
-    def runner(self, threads: int) -> RunFn:
+    def runner(self, threads: int) -> Runner:
         """A callable mapping a float32 NCHW batch to float32 outputs, in the target runtime."""
-
-
-class RunFn:
-    """Protocol-like base: call with a numpy batch, get numpy logits."""
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
 
 
 class Exporter(ABC):

@@ -18,8 +18,9 @@ import onnx
 import torch
 
 from compressor.errors import CompressorError
+from compressor.eval.metrics import Runner
 from compressor.passes.quant.ops import ONNX_TRANSLATIONS
-from exporters.base import Artifact, Exporter, RunFn, atomic_path
+from exporters.base import Artifact, Exporter, atomic_path
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -29,7 +30,7 @@ KEPT_METADATA = "namespace"
 
 
 class OnnxArtifact(Artifact):
-    def runner(self, threads: int) -> RunFn:
+    def runner(self, threads: int) -> Runner:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()

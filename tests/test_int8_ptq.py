@@ -31,6 +31,10 @@ def test_vit_quantizes_linear_conv_and_attention(vit_tiny, mnist_calib_tensor):
     for kind in ("layer_norm", "softmax", "gelu"):
         for n in g.find(kind):
             assert n.args[0].target is not DEQUANTIZE
+    # each weight's DequantizeLinear carries its quantizer annotation for later passes and the report
+    notes = dict(g.annotated("quant"))
+    assert len(notes) == 10 and {v["axis"] for v in notes.values()} == {0, 1}
+    assert all(n.target is DEQUANTIZE and v["weight_bits"] in (7, 8) for n, v in notes.items())
     n_q = sum(1 for n in g.nodes if n.target is QUANTIZE)
     # image, patch-conv output, head input + per block: inputs of qkv, proj, fc1, fc2, both operands of 2 matmuls
     assert n_q == record.summary["activation_quantizers"] == 3 + 2 * (4 + 4)

@@ -7,13 +7,12 @@ machine hits all of them alike and their ratio stays meaningful.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from compressor.eval.metrics import Runner
 from compressor.progress import Progress
-
-Runner = Callable[[np.ndarray], np.ndarray]
 
 
 def measure(runners: dict[str, Runner], input_shape: Sequence[int], batch_sizes: Sequence[int],

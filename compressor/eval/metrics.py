@@ -15,6 +15,7 @@ import torch
 from compressor.data.sources import DataSource
 from compressor.progress import Progress
 
+#: A model in some runtime: a float32 NCHW batch in, logits out (what every Artifact provides).
 Runner = Callable[[np.ndarray], np.ndarray]
 
 

@@ -109,10 +109,8 @@ class Graph:
         """Leave a note on a node for later passes and the report (e.g. quantizer parameters)."""
         node.meta.setdefault(ANNOTATION_KEY, {})[key] = value
 
-    def annotation(self, node: fx.Node, key: str, default: Any = None) -> Any:
-        return node.meta.get(ANNOTATION_KEY, {}).get(key, default)
-
     def annotated(self, key: str) -> Iterator[tuple[fx.Node, Any]]:
+        """Every node carrying a `key` annotation, with its value, in graph order."""
         for n in self.gm.graph.nodes:
             if key in n.meta.get(ANNOTATION_KEY, {}):
                 yield n, n.meta[ANNOTATION_KEY][key]
@@ -166,6 +164,3 @@ class Graph:
     @torch.no_grad()
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.gm(*inputs)
-
-    def num_parameters(self) -> int:
-        return sum(t.numel() for t in self.gm.state_dict().values() if t.is_floating_point())

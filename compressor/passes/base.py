@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -51,7 +52,7 @@ class PassContext:
     def __post_init__(self) -> None:
         self.rng = torch.Generator().manual_seed(self.seed)
 
-    def calibration_batches(self):
+    def calibration_batches(self) -> Iterator[torch.Tensor]:
         if self.calib is None:
             raise ValueError("this pass needs calibration data")
         for x, _ in self.calib.batches(self.calib_batch_size, self.calib_limit):

@@ -7,6 +7,7 @@ deployed model differs from what the toolkit simulated.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from importlib import metadata
@@ -165,8 +166,6 @@ def write_report(folder: Path, rec: Recipe, passes: list[PassRecord], loaded: Lo
                  shape: tuple[int, ...], ev: dict[str, Any], baseline: Artifact, artifacts: dict[str, Artifact],
                  timings: dict[str, float], data: dict[str, Any]) -> dict[str, Any]:
     """Write report.json, report.md, pareto.png and recipe.yaml into `folder`; return the report."""
-    import json
-
     report = build_report(rec, passes, loaded, shape, ev, baseline, artifacts, timings, data)
     (folder / "report.json").write_text(json.dumps(report, indent=2))
     (folder / "report.md").write_text(render_markdown(report))
