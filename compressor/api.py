@@ -24,6 +24,7 @@ from compressor.data import DataSource, Preprocess, fingerprint, from_iterable, 
 from compressor.errors import CompressorError
 from compressor.eval import collect, measure, score, sqnr_db, top1, torch_runner
 from compressor.graph import Graph, capture
+from compressor.graph.capture import program_batch
 from compressor.io import LoadedModel, load_model, load_module
 from compressor.passes import PassContext
 from compressor.progress import Progress
@@ -99,8 +100,10 @@ def compress(
         t = time.perf_counter()
         graph = capture(loaded.module, example)
         baseline_graph = graph.clone()
-        ctx = PassContext(calib=calib_src, calib_batch_size=rec.calibration.batch_size,
-                          calib_limit=calib_size or rec.calibration.max_images, progress=bar)
+        fixed = graph.fixed_batch
+        ctx = PassContext(calib=calib_src, calib_batch_size=fixed or rec.calibration.batch_size,
+                          calib_limit=calib_size or rec.calibration.max_images, fixed_batch=fixed is not None,
+                          progress=bar)
         for entry in rec.passes:
             bar.info(f"pass {entry.name}")
             entry.build().run(graph, ctx)
@@ -114,6 +117,8 @@ def compress(
         t = time.perf_counter()
         bench = rec.benchmark.model_copy(update={k: v for k, v in
                                                  (("batch_sizes", batch_sizes), ("threads", threads)) if v})
+        if fixed is not None:  # the program only runs at its exported batch size
+            bench = bench.model_copy(update={"batch_sizes": [fixed]})
         evaluation = _evaluate(loaded, graph, baseline, artifacts, eval_src, rec, bench, shape, bar, max_drop)
         timings["evaluate_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - start
@@ -207,8 +212,10 @@ def _input_shape(loaded: LoadedModel, calib: DataSource, given: Sequence[int] | 
 
 
 def _check_runs(loaded: LoadedModel, shape: tuple[int, ...]) -> torch.Tensor:
-    """Run the model once; the example has batch 2 because torch.export specializes a batch of 1."""
-    example = torch.zeros((2, *shape[1:]))
+    """Run the model once; the example has batch 2 because torch.export specializes a batch of 1,
+    or the batch a static-batch program was exported with."""
+    fixed = program_batch(loaded.module) if isinstance(loaded.module, torch.export.ExportedProgram) else None
+    example = torch.zeros((fixed or 2, *shape[1:]))
     module = loaded.module.module() if isinstance(loaded.module, torch.export.ExportedProgram) else loaded.module
     try:
         with torch.no_grad():
@@ -236,19 +243,20 @@ def _evaluate(loaded: LoadedModel, graph: Graph, baseline: Artifact, artifacts: 
               max_drop: float | None) -> dict[str, Any]:
     """Accuracy of the float model, the baseline artifact, the simulation and each artifact."""
     module = loaded.module.module() if isinstance(loaded.module, torch.export.ExportedProgram) else loaded.module
-    ref = collect(torch_runner(module), data, EVAL_BATCH, bar, "float model")
+    batch, fixed = graph.fixed_batch or EVAL_BATCH, graph.fixed_batch is not None
+    ref = collect(torch_runner(module), data, batch, bar, "float model", fixed_batch=fixed)
     metric = rec.gate.metric if (rec.gate.metric != "top1" or data.has_labels) else "agreement"
     threads = bench.threads
     base_run = baseline.runner(threads)
-    base_out = collect(base_run, data, EVAL_BATCH, bar, f"baseline.{baseline.target}")
-    sim_out = collect(torch_runner(graph.gm), data, EVAL_BATCH, bar, "simulation")
+    base_out = collect(base_run, data, batch, bar, f"baseline.{baseline.target}", fixed_batch=fixed)
+    sim_out = collect(torch_runner(graph.gm), data, batch, bar, "simulation", fixed_batch=fixed)
     runners = {"baseline": base_run}
     results: dict[str, Any] = {"metric": metric, "float_torch": score(ref, ref, metric),
                                "baseline": score(base_out, ref, metric), "artifacts": {}}
     for name, art in artifacts.items():
         run = art.runner(threads)
         runners[name] = run
-        out = collect(run, data, EVAL_BATCH, bar, art.path.name)
+        out = collect(run, data, batch, bar, art.path.name, fixed_batch=fixed)
         results["artifacts"][name] = {
             "accuracy": score(out, ref, metric), "sim_accuracy": score(sim_out, ref, metric),
             "agreement_vs_baseline": float((out.logits.argmax(1) == base_out.logits.argmax(1)).mean() * 100),

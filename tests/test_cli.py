@@ -103,6 +103,22 @@ def test_python_api_with_module_and_loaders(tmp_path):
     assert res.passed_gate and res.accuracy_drop <= 1.0
 
 
+def test_static_batch_program_is_calibrated_evaluated_and_timed_at_its_batch(tmp_path):
+    """A .pt2 exported the usual way runs at one batch size; short last batches are padded."""
+    ckpt = torch.load(ROOT / "vit_mnist.pt", weights_only=True)
+    model = zoo.build(ckpt["arch"], **ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    torch.export.save(torch.export.export(model.eval(), (torch.zeros(3, 1, 28, 28),)), tmp_path / "static3.pt2")
+    out = tmp_path / "out"
+    result = cli(tmp_path / "static3.pt2", "--calib", ROOT / "calibration_data/mnist/calib", "--eval", TEST_SPLIT,
+                 "--mean", "0.1307", "--std", "0.3081", "--calib-size", "50", "-o", out, "--max-drop", "0.5", "-q")
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "report.json").read_text())
+    assert r["benchmark"]["batch_sizes"] == [3] and r["data"]["evaluation"]["count"] == 1000
+    assert r["baseline"]["accuracy"] == pytest.approx(ckpt["metrics"]["test_top1"]) and r["gate"]["passed"]
+    assert r["data"]["calibration"]["count"] == 50
+
+
 def test_unlabeled_eval_falls_back_to_agreement(tmp_path):
     res = compressor.compress(ROOT / "vit_mnist.pt", calib=ROOT / "calibration_data" / "mnist" / "calib",
                               eval_data=ROOT / "calibration_data" / "mnist" / "calib", out_dir=tmp_path / "o",

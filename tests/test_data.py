@@ -64,6 +64,16 @@ def test_resize_to_spec_size(tmp_path, mnist_images):
     assert src.sample_shape() == (3, 14, 14)
 
 
+def test_fill_completes_the_last_batch_from_the_start(tmp_path, mnist_images):
+    _write_pngs(tmp_path / "3", mnist_images[:2])
+    _write_pngs(tmp_path / "7", mnist_images[2:5])
+    src = open_source(tmp_path, SPEC)
+    batches = list(src.batches(4, fill=True))
+    assert [x.shape[0] for x, _ in batches] == [4, 4]
+    assert batches[1][1].tolist() == [7, 3, 3, 7]  # item 4, then items 0..2 again
+    torch.testing.assert_close(batches[1][0][1:], batches[0][0][:3])
+
+
 def test_fingerprint_depends_on_content(tmp_path, mnist_images):
     _write_pngs(tmp_path / "a", mnist_images[:4])
     _write_pngs(tmp_path / "b", mnist_images[1:5])

@@ -40,12 +40,21 @@ class DataSource:
     def has_labels(self) -> bool:
         return self.labels is not None
 
-    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, limit: int | None = None, fill: bool = False) -> Iterator[Batch]:
+        """Batches in order; with `fill`, a short last batch is completed from the start of the data.
+
+        `fill` serves models exported for one batch size: the caller drops the extra rows.
+        """
         n = len(self) if limit is None else min(limit, len(self))
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
+            rows = list(range(start, stop))
+            if fill:
+                rows += [i % n for i in range(stop, start + batch_size)]
             x = self._load(start, stop)
-            y = None if self.labels is None else torch.as_tensor(self.labels[start:stop], dtype=torch.long)
+            if len(rows) > stop - start:
+                x = torch.cat([x, *(self._load(i, i + 1) for i in rows[stop - start:])])
+            y = None if self.labels is None else torch.as_tensor(self.labels[rows], dtype=torch.long)
             yield x, y
 
     def _load(self, start: int, stop: int) -> torch.Tensor:

@@ -28,14 +28,16 @@ class Outputs:
 
 
 def collect(run: Runner, data: DataSource, batch_size: int, progress: Progress, label: str,
-            limit: int | None = None) -> Outputs:
+            limit: int | None = None, fixed_batch: bool = False) -> Outputs:
+    """Run over the data; `fixed_batch` pads the last batch for models that take one batch size."""
     outs, labels = [], []
-    total = -(-min(len(data), limit or len(data)) // batch_size)
-    for x, y in progress.track(data.batches(batch_size, limit), f"evaluating {label}", total=total):
+    n = min(len(data), limit or len(data))
+    batches = data.batches(batch_size, limit, fill=fixed_batch)
+    for x, y in progress.track(batches, f"evaluating {label}", total=-(-n // batch_size)):
         outs.append(np.asarray(run(x.numpy())).reshape(x.shape[0], -1))
         if y is not None:
             labels.append(y.numpy())
-    return Outputs(np.concatenate(outs), np.concatenate(labels) if labels else None)
+    return Outputs(np.concatenate(outs)[:n], np.concatenate(labels)[:n] if labels else None)
 
 
 def torch_runner(fn: Callable[[torch.Tensor], torch.Tensor]) -> Runner:

@@ -18,15 +18,16 @@ def capture(model: nn.Module | torch.export.ExportedProgram, example_input: torc
     symbolic batch; they still compress, with the batch fixed to the example's.
     """
     if isinstance(model, torch.export.ExportedProgram):
-        return Graph(model.module(), (example_input,))
+        return Graph(model.module(), (example_input,), fixed_batch=program_batch(model))
     if isinstance(model, torch.jit.ScriptModule):
-        return Graph(_from_torchscript(model, example_input).module(), (example_input,))
+        ep = _from_torchscript(model, example_input)
+        return Graph(ep.module(), (example_input,), fixed_batch=program_batch(ep))
     model = model.eval()
     errors = []
     for dynamic in (({0: BATCH},), None):
         try:
             ep = torch.export.export(model, (example_input,), dynamic_shapes=dynamic, strict=False)
-            return Graph(ep.module(), (example_input,))
+            return Graph(ep.module(), (example_input,), fixed_batch=program_batch(ep))
         except Exception as e:
             errors.append(f"{'dynamic' if dynamic else 'static'} batch: {type(e).__name__}: {e}")
     raise CompressorError(
@@ -35,6 +36,15 @@ def capture(model: nn.Module | torch.export.ExportedProgram, example_input: torc
         + "\nMake the forward traceable (no data-dependent Python control flow) or pass a .pt2 file "
         "saved with torch.export.save."
     )
+
+
+def program_batch(ep: torch.export.ExportedProgram) -> int | None:
+    """The batch size a program was specialized to, or None if its batch axis is symbolic."""
+    user = torch.export.graph_signature.InputKind.USER_INPUT
+    inputs = [s.arg.name for s in ep.graph_signature.input_specs if s.kind == user]
+    node = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name == inputs[0])
+    size = node.meta["val"].shape[0]
+    return size if isinstance(size, int) else None
 
 
 def _from_torchscript(model: torch.jit.ScriptModule, example_input: torch.Tensor) -> torch.export.ExportedProgram:

@@ -48,11 +48,14 @@ def is_kind(node: fx.Node, kind: NodeKind) -> bool:
 class Graph:
     """A captured model: the exported `GraphModule`, example inputs and pass annotations."""
 
-    def __init__(self, gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> None:
+    def __init__(self, gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...],
+                 fixed_batch: int | None = None) -> None:
+        """`fixed_batch` is set when the program only runs at one batch size (static export)."""
         for m in gm.modules():  # exported graphs are already specialized to inference; the flag tells exporters
             m.training = False  # (exported modules refuse .eval() itself)
         self.gm = gm
         self.example_inputs = example_inputs
+        self.fixed_batch = fixed_batch
 
     # -- inspection -------------------------------------------------------------------------
     @property
@@ -159,7 +162,7 @@ class Graph:
     def clone(self) -> Graph:
         with warnings.catch_warnings():  # torch's pytree spec pickling warns about its own deprecation
             warnings.simplefilter("ignore", FutureWarning)
-            return Graph(copy.deepcopy(self.gm), self.example_inputs)
+            return Graph(copy.deepcopy(self.gm), self.example_inputs, self.fixed_batch)
 
     @torch.no_grad()
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ class PassContext:
     calib: DataSource | None = None
     calib_batch_size: int = 32
     calib_limit: int | None = None
+    fixed_batch: bool = False  # the graph runs at exactly calib_batch_size (a static-batch export)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     progress: Progress = field(default_factory=Progress)
@@ -55,7 +56,7 @@ class PassContext:
     def calibration_batches(self) -> Iterator[torch.Tensor]:
         if self.calib is None:
             raise ValueError("this pass needs calibration data")
-        for x, _ in self.calib.batches(self.calib_batch_size, self.calib_limit):
+        for x, _ in self.calib.batches(self.calib_batch_size, self.calib_limit, fill=self.fixed_batch):
             yield x.to(self.device)
 
     def calibration_size(self) -> int:
