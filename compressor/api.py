@@ -264,7 +264,8 @@ def _evaluate(loaded: LoadedModel, graph: Graph, baseline: Artifact, artifacts: 
             "max_abs_diff_vs_sim": float(abs(out.logits - sim_out.logits).max()),
         }
     results["top1_labels"] = top1(ref) if data.has_labels else None
-    results["latency"] = measure(runners, shape, bench.batch_sizes, bench.warmup, bench.runs, bar)
+    results["latency"] = measure(runners, shape, bench.batch_sizes, bench.warmup, bench.runs, bar,
+                                 min_seconds=bench.min_seconds, max_runs=bench.max_runs)
     results["bench"] = bench.model_dump()
     results["max_drop"] = max_drop if max_drop is not None else rec.gate.max_drop
     return results

@@ -32,7 +32,10 @@ class BenchSpec(BaseModel):
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8], min_length=1)
     threads: int = Field(2, ge=1)
     warmup: int = Field(5, ge=0)
-    runs: int = Field(30, ge=3)
+    runs: int = Field(30, ge=3, description="timed rounds at least")
+    min_seconds: float = Field(2.0, ge=0, description="keep timing rounds until this much time was spent "
+                                                      "(sub-millisecond models need hundreds of samples)")
+    max_runs: int = Field(2000, ge=3, description="upper bound on timed rounds")
 
     @field_validator("batch_sizes")
     @classmethod

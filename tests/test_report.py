@@ -20,7 +20,7 @@ def _report(drop: float, max_drop: float | None) -> dict:
                          "latency_ms": lat, "size_bytes": 4 * 10**6},
             "artifacts": [art], "accuracy_drop": drop,
             "gate": {"metric": "top1", "max_drop": max_drop, "passed": max_drop is None or drop <= max_drop},
-            "benchmark": {"threads": 2, "warmup": 5, "runs": 30}, "passes": [],
+            "benchmark": {"threads": 2, "warmup": 5, "runs": 30, "min_seconds": 2.0}, "passes": [],
             "data": {"calibration": {"count": 10, "source": "x", "sha256": "ab" * 32},
                      "evaluation": {"count": 5, "source": "y"}},
             "timings_s": {"total_s": 1.0}}
@@ -41,3 +41,24 @@ def test_markdown_states_verdict_and_numbers():
     md = render_markdown(_report(1.2, 0.5))
     assert "FAILED" in md and "1.20 points" in md and "| model.onnx | int8 | 96.80 |" in md and "2.00x" in md
     assert "PASSED" in render_markdown(_report(0.0, None))
+
+
+def test_latency_rounds_extend_to_the_time_budget():
+    from compressor.eval import measure
+    from compressor.progress import Progress
+
+    calls = {"a": 0, "b": 0}
+
+    def runner(name):
+        def run(x):
+            calls[name] += 1
+            return x
+        return run
+
+    lat = measure({"a": runner("a"), "b": runner("b")}, (1, 1, 2, 2), [1, 4], warmup=2, runs=5,
+                  progress=Progress(), min_seconds=0.05, max_runs=400)
+    assert set(lat) == {"a", "b"} and set(lat["a"]) == {1, 4}
+    # trivially fast runners hit max_runs before the time budget; both are timed equally often
+    assert lat["a"][1]["runs"] == lat["b"][1]["runs"] == 400 and calls["a"] == calls["b"] == 2 * (400 + 2)
+    slow = measure({"a": runner("a")}, (1, 1, 2, 2), [1], warmup=0, runs=5, progress=Progress(), min_seconds=0)
+    assert slow["a"][1]["runs"] == 5

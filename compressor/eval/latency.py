@@ -17,8 +17,12 @@ from compressor.progress import Progress
 
 
 def measure(runners: dict[str, Runner], input_shape: Sequence[int], batch_sizes: Sequence[int],
-            warmup: int, runs: int, progress: Progress, seed: int = 0) -> dict[str, dict[int, dict[str, float]]]:
-    """{name: {batch: {median, p90, mean}}} in milliseconds, after `warmup` untimed runs each."""
+            warmup: int, runs: int, progress: Progress, seed: int = 0, min_seconds: float = 0.0,
+            max_runs: int = 2000) -> dict[str, dict[int, dict[str, float]]]:
+    """{name: {batch: {median, p90, mean, runs}}} in ms, after `warmup` untimed runs each.
+
+    At least `runs` rounds, more until `min_seconds` were spent timing (at most `max_runs`).
+    """
     rng = np.random.default_rng(seed)
     result: dict[str, dict[int, dict[str, float]]] = {name: {} for name in runners}
     for batch in batch_sizes:
@@ -27,15 +31,18 @@ def measure(runners: dict[str, Runner], input_shape: Sequence[int], batch_sizes:
             for _ in range(warmup):
                 run(x)
         times: dict[str, list[float]] = {name: [] for name in runners}
-        progress.info(f"timing batch {batch}: {runs} interleaved rounds of {', '.join(runners)}")
-        for _ in range(runs):
+        progress.info(f"timing batch {batch}: interleaved rounds of {', '.join(runners)}")
+        began = time.perf_counter()
+        rounds = 0
+        while rounds < max_runs and (rounds < runs or time.perf_counter() - began < min_seconds):
             for name, run in runners.items():
                 start = time.perf_counter()
                 run(x)
                 times[name].append((time.perf_counter() - start) * 1e3)
+            rounds += 1
         for name, ts in times.items():
             arr = np.asarray(ts)
             result[name][batch] = {"median": round(float(np.median(arr)), 4),
                                    "p90": round(float(np.percentile(arr, 90)), 4),
-                                   "mean": round(float(arr.mean()), 4)}
+                                   "mean": round(float(arr.mean()), 4), "runs": len(ts)}
     return result

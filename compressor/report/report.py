@@ -143,8 +143,9 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{a['sim_gap']:+.2f} | {a['latency_ms']['median']:.2f} / {a['latency_ms']['p90']:.2f} | "
             f"{a['speedup_vs_baseline']:.2f}x | {a['size_bytes'] / 1e6:.2f} | {a['status']} |")
     bench = r["benchmark"]
-    lines += ["", f"Latency: {bench['threads']} threads, {bench['warmup']} warm-up runs, {bench['runs']} timed runs "
-              "per batch size, artifacts interleaved round by round.", "", "## Latency by batch size (median ms)", "",
+    lines += ["", f"Latency: {bench['threads']} threads, {bench['warmup']} warm-up runs, then at least {bench['runs']} "
+              f"timed rounds per batch size and at least {bench['min_seconds']} s of timing, artifacts interleaved "
+              "round by round.", "", "## Latency by batch size (median ms)", "",
               "| batch | " + " | ".join([b["path"]] + [a["path"] for a in r["artifacts"]]) + " |",
               "|---|" + "---|" * (1 + len(r["artifacts"]))]
     for batch in b["latency_ms"]["per_batch"]:
