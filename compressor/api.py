@@ -27,6 +27,7 @@ from compressor.graph import Graph, capture
 from compressor.graph.capture import program_batch
 from compressor.io import LoadedModel, load_model, load_module
 from compressor.passes import PassContext
+from compressor.passes.quant.ops import graph_precision
 from compressor.progress import Progress
 from compressor.recipe import BenchSpec, Recipe, load_recipe
 from compressor.report import write_report
@@ -111,7 +112,8 @@ def compress(
 
         t = time.perf_counter()
         baseline = exporters[targets[0]].export(baseline_graph, staging / f"baseline.{targets[0]}", "fp32")
-        artifacts = {name: ex.export(graph, staging / f"model.{name}", "int8") for name, ex in exporters.items()}
+        precision = graph_precision(graph)
+        artifacts = {name: ex.export(graph, staging / f"model.{name}", precision) for name, ex in exporters.items()}
         timings["export_s"] = time.perf_counter() - t
 
         t = time.perf_counter()

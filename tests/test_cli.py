@@ -89,6 +89,15 @@ def test_gate_failure_exits_1_and_says_so(tmp_path):
     assert root.get("failures") == "1" and "drop" in root.find("testcase/failure").get("message")
 
 
+def test_float_recipe_exports_fp32_and_keeps_accuracy(tmp_path):
+    res = compressor.compress(ROOT / "cnn_mnist.pt", recipe="fold-bn", out_dir=tmp_path / "o", batch_sizes=[1])
+    art = res.report["artifacts"][0]
+    assert art["precision"] == "fp32" and res.report["passes"][0]["summary"]["folded"] == 9
+    assert art["accuracy"] == res.report["baseline"]["accuracy"] and art["sqnr_db_vs_float"] > 80
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "o" / "model.onnx")).graph.node}
+    assert "BatchNormalization" not in ops and "QuantizeLinear" not in ops
+
+
 def test_python_api_with_module_and_loaders(tmp_path):
     ckpt = torch.load(ROOT / "cnn_mnist.pt", weights_only=True)
     model = zoo.build(ckpt["arch"], **ckpt["config"])

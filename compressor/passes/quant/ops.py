@@ -9,8 +9,13 @@ type, as in ONNX.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from onnxscript import opset18 as op
+
+if TYPE_CHECKING:
+    from compressor.graph import Graph
 
 
 @torch.library.custom_op("compressor::quantize", mutates_args=())
@@ -64,3 +69,8 @@ def _dequantize_onnx(q, scale, zero_point, axis: int):
 QUANTIZE = torch.ops.compressor.quantize.default
 DEQUANTIZE = torch.ops.compressor.dequantize.default
 ONNX_TRANSLATIONS = {QUANTIZE: _quantize_onnx, DEQUANTIZE: _dequantize_onnx}
+
+
+def graph_precision(graph: Graph) -> str:
+    """'int8' if any tensor in the graph is quantized, else 'fp32' (names artifacts in reports)."""
+    return "int8" if any(n.target is QUANTIZE or n.target is DEQUANTIZE for n in graph.nodes) else "fp32"
