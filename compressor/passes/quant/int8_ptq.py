@@ -32,6 +32,7 @@ from torch import fx
 from compressor.graph.graph import Graph, is_kind
 from compressor.graph.sdpa import decompose_sdpa
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
+from compressor.passes.calibrate import calibrate, insert_observers, observer_of, remove_observer
 from compressor.passes.quant import ops
 from compressor.passes.quant.observers import (
     HistogramObserver,
@@ -85,11 +86,8 @@ class Int8PTQ(Pass):
         decomposed = decompose_sdpa(graph) if p.quantize_attention else 0
         targets = self._targets(graph)
         outputs = _conv_outputs(targets) if p.quantize_conv_output else []
-        observers = self._insert_observers(graph, targets, outputs)
-        graph.recompile()
-        batches = ctx.calibration_batches()
-        for x in ctx.progress.track(batches, "calibrating", total=_num_batches(ctx)):
-            graph.gm(x)
+        observers = insert_observers(graph, targets, self._make_observer, outputs)
+        calibrate(graph, ctx)
         act_params = self._insert_activation_qdq(graph, observers)
         layers = [self._quantize_weight(graph, node) for node, _ in targets if _weight_arg(graph, node)]
         graph.drop_unused_attrs()
@@ -124,28 +122,6 @@ class Int8PTQ(Pass):
             return MinMaxObserver()
         return HistogramObserver(self.params.histogram_bins)
 
-    def _insert_observers(self, graph: Graph, targets: list[tuple[fx.Node, list[int]]],
-                          outputs: list[fx.Node]) -> dict[fx.Node, fx.Node]:
-        """One observer per distinct tensor: quantized inputs are re-pointed to it, quantized
-        outputs have all their uses re-pointed."""
-        observed: dict[fx.Node, fx.Node] = {}
-
-        def observer(src: fx.Node) -> fx.Node:
-            if src not in observed:
-                name = f"_observer_{len(observed)}"
-                graph.gm.add_submodule(name, self._make_observer())
-                with graph.gm.graph.inserting_after(src):
-                    observed[src] = graph.gm.graph.call_module(name, (src,))
-            return observed[src]
-
-        for node, positions in targets:
-            for i in positions:
-                node.update_arg(i, observer(node.args[i]))
-        for src in outputs:
-            obs = observer(src)
-            src.replace_all_uses_with(obs, delete_user_cb=lambda user, obs=obs: user is not obs)
-        return observed
-
     # -- rewriting ----------------------------------------------------------------------------
     def _activation_range(self, obs: MinMaxObserver) -> tuple[float, float]:
         p = self.params
@@ -159,7 +135,7 @@ class Int8PTQ(Pass):
         dtype = torch.uint8 if self.params.activation_dtype == "uint8" else torch.int8
         records = []
         for src, obs_node in observed.items():
-            obs = graph.gm.get_submodule(str(obs_node.target))
+            obs = observer_of(graph, obs_node)
             lo, hi = self._activation_range(obs)
             scale, zp = affine_qparams(lo, hi, dtype)
             path = graph.module_path(src) or src.name
@@ -167,9 +143,7 @@ class Int8PTQ(Pass):
             z_node = graph.add_buffer(f"{src.name}_act_zero_point", zp, before=obs_node)
             q = graph.call(ops.QUANTIZE, (src, s_node, z_node, 0), after=obs_node, like=src)
             dq = graph.call(ops.DEQUANTIZE, (q, s_node, z_node, 0), after=q, like=src)
-            obs_node.replace_all_uses_with(dq)
-            graph.gm.graph.erase_node(obs_node)
-            delattr(graph.gm, str(obs_node.target))
+            remove_observer(graph, obs_node, dq)
             records.append({"tensor": src.name, "module": path, "observed_min": round(obs.lo, 6),
                             "observed_max": round(obs.hi, 6), "clip_min": round(lo, 6), "clip_max": round(hi, 6),
                             "scale": float(scale), "zero_point": int(zp)})
@@ -287,7 +261,3 @@ def _count_kinds(nodes: list[fx.Node]) -> dict[str, int]:
         kind = next(k for k in ("linear", "conv", "matmul") if is_kind(n, k))
         counts[kind] = counts.get(kind, 0) + 1
     return counts
-
-
-def _num_batches(ctx: PassContext) -> int:
-    return -(-ctx.calibration_size() // ctx.calib_batch_size)
