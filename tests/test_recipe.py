@@ -18,6 +18,12 @@ def test_bundled_recipe_loads_with_defaults():
     assert "int8-ptq" in list_recipes()
 
 
+def test_every_bundled_recipe_validates():
+    assert {"int8-ptq", "fold-bn", "2of4", "2of4-int8"} <= set(list_recipes())
+    for name in list_recipes():
+        assert load_recipe(name).passes
+
+
 def test_unknown_recipe_lists_bundled():
     with pytest.raises(CompressorError, match=r"unknown recipe 'nope'.*int8-ptq"):
         load_recipe("nope")

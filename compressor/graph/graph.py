@@ -112,6 +112,9 @@ class Graph:
         """Leave a note on a node for later passes and the report (e.g. quantizer parameters)."""
         node.meta.setdefault(ANNOTATION_KEY, {})[key] = value
 
+    def annotation(self, node: fx.Node, key: str, default: Any = None) -> Any:
+        return node.meta.get(ANNOTATION_KEY, {}).get(key, default)
+
     def annotated(self, key: str) -> Iterator[tuple[fx.Node, Any]]:
         """Every node carrying a `key` annotation, with its value, in graph order."""
         for n in self.gm.graph.nodes:

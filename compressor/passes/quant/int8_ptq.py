@@ -176,6 +176,10 @@ class Int8PTQ(Pass):
         shape = [1] * w.dim()
         shape[axis] = -1
         wq = torch.clamp(torch.round(w / scale.reshape(shape)), -qmax, qmax).to(torch.int8)
+        sparsity = graph.annotation(node, "sparsity")
+        if sparsity is not None:  # pruned weights stay zero whatever the rounding did
+            mask = sparsity["mask"].reshape(sparsity["mask"].shape[0], -1)
+            wq = wq * (mask.t() if linear else sparsity["mask"]).to(torch.int8)
         path = graph.module_path(node) or node.name
         wq_node = graph.add_buffer(f"{path}.weight_int8", wq, before=node)
         s_node = graph.add_buffer(f"{path}.weight_scale", scale, before=node)
@@ -192,6 +196,8 @@ class Int8PTQ(Pass):
                 out = graph.call(aten.add.Tensor, (out, bias), before=node, like=node)
             if lead is not None:
                 out = graph.call(aten.reshape.default, (out, [-1, *lead, w.shape[1]]), before=node, like=node)
+            if sparsity is not None:  # the weight is now stored [in, out]: groups run along axis 0
+                graph.annotate(w_dq, "sparsity", {**sparsity, "mask": sparsity["mask"].t(), "axis": 0})
             node.replace_all_uses_with(out)
             graph.gm.graph.erase_node(node)
         else:

@@ -1,0 +1,1 @@
+"""Pruning passes: weights set to zero in patterns runtimes can exploit."""

@@ -1,0 +1,168 @@
+"""`prune.nm`: N:M semi-structured sparsity (2:4 by default) for Linear and Conv weights.
+
+In every group of M consecutive weights along the reduction (input) dimension, N are kept: the
+pattern NVIDIA's sparse tensor cores (and TensorRT's sparse-weights flag) execute at up to 2x.
+
+- `magnitude`: keep the N largest |w| of each group (NVIDIA ASP's rule).
+- `sparsegpt`: second-order one-shot pruning in the manner of SparseGPT / Optimal Brain
+  Surgeon. With the calibration Hessian H = XᵀX of the layer's inputs, columns are processed
+  left to right; each group's mask keeps the weights with the largest w²/[H⁻¹]²_jj (least
+  damage to the layer's output), and every removed weight's error is compensated by updating
+  the not-yet-processed columns of its row with the row of the Cholesky factor of H⁻¹. This
+  minimises ‖WX − ŴX‖² far better than magnitude at the same sparsity.
+
+The mask is left as a node annotation ("sparsity") so later passes keep it: int8
+quantization is symmetric, so pruned zeros stay exactly zero, and the exported int8 weights
+carry the pattern.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import fx, nn
+
+from compressor.graph.graph import Graph, is_kind
+from compressor.passes.base import Pass, PassContext, PassParams, register_pass
+from compressor.passes.calibrate import calibrate, insert_observers, observer_of, remove_observer
+
+aten = torch.ops.aten
+
+
+class NMParams(PassParams):
+    n: int = Field(2, ge=1, description="weights kept in each group")
+    m: int = Field(4, ge=2, description="group size along the reduction dimension")
+    method: Literal["magnitude", "sparsegpt"] = "sparsegpt"
+    damp: float = Field(0.01, gt=0, description="Hessian dampening, as a fraction of its mean diagonal")
+    block_size: int = Field(128, ge=1, description="columns updated together (sparsegpt)")
+    skip: list[str] = Field(default_factory=lambda: ["head", "patch_embed.*"],
+                            description="module paths (glob) left dense; the classifier and patch "
+                                        "embedding are small and sensitive")
+
+    @model_validator(mode="after")
+    def _n_below_m(self) -> NMParams:
+        if self.n >= self.m:
+            raise ValueError(f"n ({self.n}) must be smaller than m ({self.m})")
+        return self
+
+
+class HessianObserver(nn.Module):
+    """Accumulates XᵀX of a layer input (rows = every position of every image), streamed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hessian: torch.Tensor | None = None
+        self.rows = 0
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = _rows(x).double()
+        xtx = flat.T @ flat
+        self.hessian = xtx if self.hessian is None else self.hessian + xtx
+        self.rows += flat.shape[0]
+        return x
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """Linear inputs (..., C) as (rows, C)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def magnitude_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """True where a weight is kept: the n largest |w| in each group of m along dim 1."""
+    groups = w.abs().reshape(w.shape[0], -1, m)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(2, groups.topk(n, dim=2).indices, True)
+    return keep.reshape(w.shape)
+
+
+def sparsegpt_prune(w: torch.Tensor, hessian: torch.Tensor, n: int, m: int, damp: float,
+                    block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pruned and compensated weights, keep mask) for W (rows, cols) and H = XᵀX (cols, cols)."""
+    w = w.double().clone()
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    keep = torch.ones_like(w, dtype=torch.bool)
+    cols = w.shape[1]
+    for b0 in range(0, cols, block_size):
+        b1 = min(b0 + block_size, cols)
+        blk, u_blk = w[:, b0:b1].clone(), u[b0:b1, b0:b1]
+        err = torch.zeros_like(blk)
+        for j in range(b1 - b0):
+            if j % m == 0:  # choose this group's mask from the current (already updated) weights
+                g = slice(j, j + m)
+                saliency = blk[:, g] ** 2 / torch.diag(u_blk)[g].reshape(1, -1) ** 2
+                drop = saliency.topk(m - n, dim=1, largest=False).indices + j
+                keep[:, b0:b1].scatter_(1, drop, False)
+            col = blk[:, j]
+            pruned = torch.where(keep[:, b0 + j], col, torch.zeros_like(col))
+            e = (col - pruned) / u_blk[j, j]
+            blk[:, j:] -= e.unsqueeze(1) @ u_blk[j, j:].unsqueeze(0)
+            blk[:, j] = pruned
+            err[:, j] = e
+        w[:, b0:b1] = blk
+        w[:, b1:] -= err @ u[b0:b1, b1:]
+    return (w * keep).float(), keep
+
+
+@register_pass
+class NMPrune(Pass):
+    name = "prune.nm"
+    Params = NMParams
+    needs_calibration = True
+    description = "N:M (2:4) semi-structured pruning of Linear/Conv weights, magnitude or second-order"
+
+    def apply(self, graph: Graph, ctx: PassContext) -> dict[str, Any]:
+        p = self.params
+        targets, skipped = self._targets(graph)
+        hessians = self._hessians(graph, ctx, targets) if p.method == "sparsegpt" else {}
+        layers = []
+        for node in targets:
+            w = graph.attr(node.args[1]).detach()
+            flat = w.reshape(w.shape[0], -1)
+            if p.method == "sparsegpt":
+                new, keep = sparsegpt_prune(flat, hessians[node], p.n, p.m, p.damp, p.block_size)
+            else:
+                keep = magnitude_mask(flat, p.n, p.m)
+                new = flat * keep
+            path = graph.module_path(node) or node.name
+            node.update_arg(1, graph.add_buffer(f"{path}.weight_{p.n}of{p.m}", new.reshape(w.shape), before=node))
+            graph.annotate(node, "sparsity", {"pattern": f"{p.n}:{p.m}", "axis": 1, "mask": keep.reshape(w.shape)})
+            sparsity = round(1 - float(keep.float().mean()), 4)
+            layers.append({"module": path, "shape": list(w.shape), "sparsity": sparsity})
+        graph.drop_unused_attrs()
+        graph.recompile()
+        return {"pattern": f"{p.n}:{p.m}", "method": p.method, "pruned_layers": len(layers), "skipped": skipped,
+                "layers": layers}
+
+    def _targets(self, graph: Graph) -> tuple[list[fx.Node], list[str]]:
+        """Linear/Conv nodes with constant weights whose reduction size is a multiple of m."""
+        found, skipped = [], []
+        for node in graph.nodes:
+            if not (is_kind(node, "linear") or is_kind(node, "conv")) or not graph.is_constant(node.args[1]):
+                continue
+            path = graph.module_path(node)
+            w = graph.attr(node.args[1])
+            if any(fnmatch.fnmatch(path, pat) for pat in self.params.skip):
+                skipped.append(path)
+            elif w[0].numel() % self.params.m or (is_kind(node, "conv") and self.params.method == "sparsegpt"):
+                skipped.append(f"{path} (reduction size {w[0].numel()} / method)")
+            else:
+                found.append(node)
+        return found, skipped
+
+    def _hessians(self, graph: Graph, ctx: PassContext, targets: list[fx.Node]) -> dict[fx.Node, torch.Tensor]:
+        observed = insert_observers(graph, [(n, [0]) for n in targets], HessianObserver)
+        calibrate(graph, ctx, "collecting Hessians")
+        by_input = {}
+        for src, obs_node in observed.items():
+            by_input[src] = observer_of(graph, obs_node).hessian
+            remove_observer(graph, obs_node)
+        return {node: by_input[node.args[0]] for node in targets}
