@@ -8,7 +8,7 @@ default written out) is saved next to the artifacts so a run can be reproduced e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,7 +23,9 @@ SCHEMA_VERSION = 1
 
 class GateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    metric: str = Field("top1", description="top1 with labels; agreement (with the float model) without")
+    metric: Literal["top1", "agreement"] = Field(
+        "top1", description="top1 needs labels (falls back to agreement without); agreement = top-1 match "
+                            "with the float model")
     max_drop: float | None = Field(None, ge=0, description="largest accepted accuracy drop, in points")
 
 

@@ -53,6 +53,11 @@ def test_wrong_type_and_bad_choice(tmp_path):
     assert "percentile (line 5)" in msg and "valid number" in msg
 
 
+def test_gate_metric_is_a_known_choice(tmp_path):
+    with pytest.raises(CompressorError, match=r"gate.metric \(line 5\).*'top1' or 'agreement'"):
+        load_recipe(_write(tmp_path, "name: x\npasses:\n  - pass: quant.int8_ptq\ngate:\n  metric: top5\n"))
+
+
 def test_unknown_top_level_key_and_bad_yaml(tmp_path):
     with pytest.raises(CompressorError, match=r"exports \(line 4\): unknown key; allowed: .*export"):
         load_recipe(_write(tmp_path, "name: x\npasses:\n  - pass: quant.int8_ptq\nexports: [onnx]\n"))
