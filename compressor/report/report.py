@@ -117,6 +117,17 @@ def resolved_recipe(rec: Recipe, passes: list[PassRecord], data: dict[str, Any])
     return d
 
 
+def _headline(summary: dict[str, Any]) -> str:
+    """A pass summary's scalar facts (and op counts) on one line; per-layer tables stay in the JSON."""
+    parts = []
+    for key, value in summary.items():
+        if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            parts.append(f"{key} " + ", ".join(f"{k} {v}" for k, v in value.items()))
+        elif isinstance(value, (int, float, str, bool)):
+            parts.append(f"{key} {value}")
+    return "; ".join(parts) or "-"
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     b, metric = r["baseline"], r["metric"]
     unit = "top-1 %" if metric == "top1" else "agreement with float %"
@@ -154,8 +165,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {batch} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
     lines += ["", "## Passes", ""]
     for p in r["passes"]:
-        counts = p["summary"].get("quantized_ops", {})
-        lines.append(f"- `{p['name']}` ({p['seconds']:.1f} s): " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+        lines.append(f"- `{p['name']}` ({p['seconds']:.1f} s): {_headline(p['summary'])}")
     cal = r["data"]["calibration"]
     lines += ["", f"Calibration: {cal['count']} images from {cal['source']} (sha256 {cal['sha256'][:16]}…).",
               "Timings (s): " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items()), "",
