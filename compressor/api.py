@@ -80,6 +80,8 @@ def compress(
     with `trust_pickle`) or an `nn.Module`. `calib`/`eval_data` are folders, array files, or
     iterables of tensors / (tensor, label) batches; bundled checkpoints find their own data.
     """
+    if calib_size is not None and calib_size < 1:
+        raise CompressorError(f"calib_size {calib_size}: use at least 1 calibration image (None uses all).")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)

@@ -150,6 +150,7 @@ def bad_inputs(tmp_path_factory):
     (d / "unknown_key.yaml").write_text("name: x\npasses:\n  - pass: quant.int8_ptq\n    bits: 4\n")
     (d / "wrong_type.yaml").write_text("name: x\npasses:\n  - pass: quant.int8_ptq\n    quantize_conv: maybe\n")
     (d / "a_file").write_text("")
+    (d / "model.onnx").write_bytes(b"\x08\x07")
     return d
 
 
@@ -167,6 +168,8 @@ BAD = {
     "input shape does not fit": (["{d}/vit.pt2", "--calib", "{d}/big", "--input-shape", "1,1,32,32"],
                                  "does not run on inputs"),
     "output not writable": (["{root}/vit_mnist.pt", "-o", "{d}/a_file/out"], "not writable"),
+    "an ONNX file as model": (["{d}/model.onnx"], "is an ONNX model"),
+    "calibration size 0": (["{root}/vit_mnist.pt", "--calib-size", "0"], "--calib-size"),
     "no model": ([], "missing MODEL"),
 }
 

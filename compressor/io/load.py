@@ -46,6 +46,10 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
         raise CompressorError(f"model file not found: {p}")
     if p.is_dir():
         raise CompressorError(f"{p} is a folder; pass a model file ({FORMATS_HINT}).")
+    if p.suffix == ".onnx":
+        raise CompressorError(f"{p} is an ONNX model; compressor compresses PyTorch models and exports ONNX itself. "
+                              "Pass the PyTorch model it came from (checkpoint, state_dict with --arch, TorchScript "
+                              "or torch.export .pt2).")
     if p.suffix == ".pt2":
         return _load_exported(p)
     if _is_torchscript(p):
@@ -54,7 +58,7 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if WEIGHTS_ONLY_REFUSAL not in str(e):  # a broken or non-pickle file, not a refused object
-            raise CompressorError(f"{p} is not a PyTorch model file ({str(e).splitlines()[0][:200]}). "
+            raise CompressorError(f"{p} is not a PyTorch model file (neither a torch archive nor a pickle). "
                                   f"Expected {FORMATS_HINT}.") from e
         if not trust_pickle:
             raise CompressorError(
