@@ -94,8 +94,9 @@ def compress(
         loaded = load_model(model, arch, trust_pickle) if not isinstance(model, nn.Module) else load_module(model)
         spec = _preprocess_spec(loaded, rec, preprocess)
         calib_src = _data(calib, spec, "calibration", _bundled(loaded, "calib"))
-        eval_src = _data(eval_data, spec, "evaluation", _bundled(loaded, "test")) if (
-            eval_data is not None or _bundled(loaded, "test")) else calib_src
+        bundled_test = _bundled(loaded, "test")
+        eval_src = calib_src if eval_data is None and bundled_test is None else _data(
+            eval_data, spec, "evaluation", bundled_test)
         shape = _input_shape(loaded, calib_src, input_shape)
         example = _check_runs(loaded, shape)
         timings["load_s"] = time.perf_counter() - start
@@ -220,7 +221,7 @@ def _check_runs(loaded: LoadedModel, shape: tuple[int, ...]) -> torch.Tensor:
     or the batch a static-batch program was exported with."""
     fixed = program_batch(loaded.module) if isinstance(loaded.module, torch.export.ExportedProgram) else None
     example = torch.zeros((fixed or 2, *shape[1:]))
-    module = loaded.module.module() if isinstance(loaded.module, torch.export.ExportedProgram) else loaded.module
+    module = loaded.runnable()
     try:
         with torch.no_grad():
             out = module(example)
@@ -246,7 +247,7 @@ def _evaluate(loaded: LoadedModel, graph: Graph, baseline: Artifact, artifacts: 
               data: DataSource, rec: Recipe, bench: BenchSpec, shape: tuple[int, ...], bar: Progress,
               max_drop: float | None) -> dict[str, Any]:
     """Accuracy of the float model, the baseline artifact, the simulation and each artifact."""
-    module = loaded.module.module() if isinstance(loaded.module, torch.export.ExportedProgram) else loaded.module
+    module = loaded.runnable()
     batch, fixed = graph.fixed_batch or EVAL_BATCH, graph.fixed_batch is not None
     ref = collect(torch_runner(module), data, batch, bar, "float model", fixed_batch=fixed)
     metric = rec.gate.metric if (rec.gate.metric != "top1" or data.has_labels) else "agreement"

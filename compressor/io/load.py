@@ -37,6 +37,15 @@ class LoadedModel:
     preprocess: Preprocess | None = None
     dataset: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    _unlifted: nn.Module | None = field(default=None, repr=False)
+
+    def runnable(self) -> nn.Module:
+        """A module to run eagerly; an ExportedProgram's unlifted module is built once."""
+        if not isinstance(self.module, torch.export.ExportedProgram):
+            return self.module
+        if self._unlifted is None:
+            self._unlifted = self.module.module()
+        return self._unlifted
 
 
 def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
