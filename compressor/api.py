@@ -107,7 +107,7 @@ def compress(
         fixed = graph.fixed_batch
         ctx = PassContext(calib=calib_src, calib_batch_size=fixed or rec.calibration.batch_size,
                           calib_limit=calib_size or rec.calibration.max_images, fixed_batch=fixed is not None,
-                          progress=bar)
+                          teacher=baseline_graph, progress=bar)
         for entry in rec.passes:
             bar.info(f"pass {entry.name}")
             entry.build().run(graph, ctx)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from compressor import zoo
+from compressor.data import DataSource, Preprocess, open_source
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT / "calibration_data" / "mnist"
@@ -36,3 +37,14 @@ def mnist_images() -> np.ndarray:
 def mnist_calib_tensor(mnist_images: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(mnist_images).float().div(255).unsqueeze(1)
     return (x - 0.1307) / 0.3081
+
+
+@pytest.fixture(scope="session")
+def mnist_vit() -> tuple[torch.nn.Module, DataSource, torch.Tensor, torch.Tensor]:
+    """The bundled trained MNIST ViT, the calibration source, and the 1000 test digits with labels."""
+    ckpt = torch.load(ROOT / "vit_mnist.pt", weights_only=True)
+    model = zoo.build(ckpt["arch"], **ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    spec = Preprocess(**ckpt["preprocess"])
+    x, y = map(torch.cat, zip(*open_source(ROOT / "calibration_data/mnist/test", spec).batches(1000), strict=True))
+    return model.eval(), open_source(ROOT / "calibration_data/mnist/calib", spec), x, y

@@ -5,15 +5,12 @@ import onnx
 import pytest
 import torch
 
-from compressor import zoo
-from compressor.data import Preprocess, open_source
 from compressor.errors import CompressorError
 from compressor.graph import Graph, capture
 from compressor.passes import PASSES, PassContext
 from compressor.passes.prune.nm import magnitude_mask, sparsegpt_prune
 from compressor.recipe import recipe_from_dict
 from exporters import get_exporter
-from tests.conftest import ROOT
 
 
 def _is_n_of_m(w: torch.Tensor, n: int, m: int, axis: int) -> bool:
@@ -40,16 +37,6 @@ def test_second_order_beats_magnitude_on_the_layer_output():
     mag = w * magnitude_mask(w, 2, 4)
     err = lambda v: float(((x @ (w - v).T) ** 2).mean())  # noqa: E731
     assert err(pruned) < 0.8 * err(mag)  # measured 0.64x here
-
-
-@pytest.fixture(scope="module")
-def mnist_vit():
-    ckpt = torch.load(ROOT / "vit_mnist.pt", weights_only=True)
-    model = zoo.build(ckpt["arch"], **ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
-    spec = Preprocess(**ckpt["preprocess"])
-    x, y = map(torch.cat, zip(*open_source(ROOT / "calibration_data/mnist/test", spec).batches(1000), strict=True))
-    return model.eval(), open_source(ROOT / "calibration_data/mnist/calib", spec), x, y
 
 
 def _prune(model, calib, x, **params):

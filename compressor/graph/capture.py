@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -16,13 +18,16 @@ def capture(model: nn.Module | torch.export.ExportedProgram, example_input: torc
 
     Some models (batch-dependent reshapes written with literal sizes) cannot be exported with a
     symbolic batch; they still compress, with the batch fixed to the example's.
+
+    The graph owns copies of the weights: passes that train or edit constants in place (the
+    distillation fine-tune) must not change the caller's model.
     """
     if isinstance(model, torch.export.ExportedProgram):
-        return Graph(model.module(), (example_input,), fixed_batch=program_batch(model))
+        return Graph(copy.deepcopy(model.module()), (example_input,), fixed_batch=program_batch(model))
     if isinstance(model, torch.jit.ScriptModule):
         ep = _from_torchscript(model, example_input)
-        return Graph(ep.module(), (example_input,), fixed_batch=program_batch(ep))
-    model = model.eval()
+        return Graph(copy.deepcopy(ep.module()), (example_input,), fixed_batch=program_batch(ep))
+    model = copy.deepcopy(model).eval()
     errors = []
     for dynamic in (({0: BATCH},), None):
         try:

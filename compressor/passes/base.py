@@ -47,6 +47,7 @@ class PassContext:
     fixed_batch: bool = False  # the graph runs at exactly calib_batch_size (a static-batch export)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
+    teacher: Graph | None = None  # the model as loaded, before any pass (distillation, fidelity checks)
     progress: Progress = field(default_factory=Progress)
     log: list[PassRecord] = field(default_factory=list)
 
