@@ -11,6 +11,10 @@ pattern NVIDIA's sparse tensor cores (and TensorRT's sparse-weights flag) execut
   the not-yet-processed columns of its row with the row of the Cholesky factor of H⁻¹. This
   minimises ‖WX − ŴX‖² far better than magnitude at the same sparsity.
 
+Conv weights are grouped along input channels at each kernel position (the KRSC layout
+TensorRT's sparse convolutions read), and their Hessian comes from im2col patches of the input
+in that same column order.
+
 The mask is left as a node annotation ("sparsity") so later passes keep it: int8
 quantization is symmetric, so pruned zeros stay exactly zero, and the exported int8 weights
 carry the pattern.
@@ -19,9 +23,11 @@ carry the pattern.
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import fx, nn
 
@@ -49,26 +55,68 @@ class NMParams(PassParams):
         return self
 
 
+@dataclass(frozen=True)
+class Patches:
+    """How a conv reads its input: im2col with these settings gives one row per output position."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+
 class HessianObserver(nn.Module):
-    """Accumulates XᵀX of a layer input (rows = every position of every image), streamed."""
+    """Accumulates XᵀX of a layer input (rows = every position of every image), streamed.
+
+    One input can feed a Linear and several convs of different geometry; each consumer's
+    `Patches` (None for a Linear) gets its own Hessian.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.hessian: torch.Tensor | None = None
-        self.rows = 0
+        self.hessians: dict[Patches | None, torch.Tensor] = {}
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = _rows(x).double()
-        xtx = flat.T @ flat
-        self.hessian = xtx if self.hessian is None else self.hessian + xtx
-        self.rows += flat.shape[0]
+        for view in self.hessians:
+            flat = _rows(x, view).double()
+            self.hessians[view] = self.hessians[view] + flat.T @ flat
         return x
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """Linear inputs (..., C) as (rows, C)."""
-    return x.reshape(-1, x.shape[-1])
+def _rows(x: torch.Tensor, view: Patches | None) -> torch.Tensor:
+    """Linear inputs (..., C) as (rows, C); conv inputs as im2col patches in (kernel position, C) order."""
+    if view is None:
+        return x.reshape(-1, x.shape[-1])
+    cols = F.unfold(x, view.kernel, view.dilation, view.padding, view.stride)  # (B, C·k, L), C-major
+    c = x.shape[1]
+    return cols.reshape(x.shape[0], c, -1, cols.shape[-1]).permute(0, 3, 2, 1).reshape(-1, cols.shape[1])
+
+
+def patches_of(node: fx.Node, weight: torch.Tensor) -> Patches | None:
+    """The im2col geometry of a 2-D conv node (None for a Linear); raises for grouped/transposed convs."""
+    if is_kind(node, "linear"):
+        return None
+    if node.target == aten.convolution.default:
+        _, _, _, stride, padding, dilation, transposed, _, groups = node.args
+    else:
+        defaults = [None, None, None, [1, 1], [0, 0], [1, 1], 1]
+        _, _, _, stride, padding, dilation, groups = [*node.args, *defaults[len(node.args):]]
+        transposed = False
+    if transposed or groups != 1 or weight.dim() != 4 or isinstance(padding, str):
+        raise ValueError("grouped, transposed, non-2-D or string-padded conv")
+    return Patches(tuple(weight.shape[2:]), tuple(stride), tuple(padding), tuple(dilation))
+
+
+def reduction_view(w: torch.Tensor) -> torch.Tensor:
+    """(out, reduction) with the reduction in (kernel position, input channel) order for convs."""
+    return w.permute(0, *range(2, w.dim()), 1).reshape(w.shape[0], -1) if w.dim() > 2 else w
+
+
+def from_reduction_view(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if len(shape) == 2:
+        return flat.reshape(shape)
+    return flat.reshape(shape[0], *shape[2:], shape[1]).permute(0, len(shape) - 1, *range(1, len(shape) - 1))
 
 
 def magnitude_mask(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -126,15 +174,16 @@ class NMPrune(Pass):
         layers = []
         for node in targets:
             w = graph.attr(node.args[1]).detach()
-            flat = w.reshape(w.shape[0], -1)
+            flat = reduction_view(w)
             if p.method == "sparsegpt":
                 new, keep = sparsegpt_prune(flat, hessians[node], p.n, p.m, p.damp, p.block_size)
             else:
                 keep = magnitude_mask(flat, p.n, p.m)
                 new = flat * keep
             path = graph.module_path(node) or node.name
-            node.update_arg(1, graph.add_buffer(f"{path}.weight_{p.n}of{p.m}", new.reshape(w.shape), before=node))
-            graph.annotate(node, "sparsity", {"pattern": f"{p.n}:{p.m}", "axis": 1, "mask": keep.reshape(w.shape)})
+            new, keep = from_reduction_view(new, w.shape).contiguous(), from_reduction_view(keep, w.shape)
+            node.update_arg(1, graph.add_buffer(f"{path}.weight_{p.n}of{p.m}", new, before=node))
+            graph.annotate(node, "sparsity", {"pattern": f"{p.n}:{p.m}", "axis": 1, "mask": keep})
             sparsity = round(1 - float(keep.float().mean()), 4)
             layers.append({"module": path, "shape": list(w.shape), "sparsity": sparsity})
         graph.drop_unused_attrs()
@@ -143,26 +192,34 @@ class NMPrune(Pass):
                 "layers": layers}
 
     def _targets(self, graph: Graph) -> tuple[list[fx.Node], list[str]]:
-        """Linear/Conv nodes with constant weights whose reduction size is a multiple of m."""
+        """Linear/Conv nodes with constant weights whose grouped dimension is a multiple of m."""
         found, skipped = [], []
         for node in graph.nodes:
             if not (is_kind(node, "linear") or is_kind(node, "conv")) or not graph.is_constant(node.args[1]):
                 continue
             path = graph.module_path(node)
             w = graph.attr(node.args[1])
+            try:
+                patches_of(node, w)
+            except ValueError as e:
+                skipped.append(f"{path} ({e})")
+                continue
             if any(fnmatch.fnmatch(path, pat) for pat in self.params.skip):
                 skipped.append(path)
-            elif w[0].numel() % self.params.m or (is_kind(node, "conv") and self.params.method == "sparsegpt"):
-                skipped.append(f"{path} (reduction size {w[0].numel()} / method)")
+            elif w.shape[1] % self.params.m:
+                skipped.append(f"{path} ({w.shape[1]} input channels, not a multiple of {self.params.m})")
             else:
                 found.append(node)
         return found, skipped
 
     def _hessians(self, graph: Graph, ctx: PassContext, targets: list[fx.Node]) -> dict[fx.Node, torch.Tensor]:
         observed = insert_observers(graph, [(n, [0]) for n in targets], HessianObserver)
+        views = {node: patches_of(node, graph.attr(node.args[1])) for node in targets}
+        for node in targets:
+            obs = observer_of(graph, node.args[0])
+            obs.hessians.setdefault(views[node], torch.zeros(()))
         calibrate(graph, ctx, "collecting Hessians")
-        by_input = {}
-        for src, obs_node in observed.items():
-            by_input[src] = observer_of(graph, obs_node).hessian
+        found = {node: observer_of(graph, node.args[0]).hessians[views[node]] for node in targets}
+        for obs_node in observed.values():
             remove_observer(graph, obs_node)
-        return {node: by_input[node.args[0]] for node in targets}
+        return found
