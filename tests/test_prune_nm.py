@@ -5,12 +5,22 @@ import onnx
 import pytest
 import torch
 
+from compressor import zoo
+from compressor.data import Preprocess, open_source
 from compressor.errors import CompressorError
 from compressor.graph import Graph, capture
 from compressor.passes import PASSES, PassContext
-from compressor.passes.prune.nm import magnitude_mask, sparsegpt_prune
+from compressor.passes.prune.nm import (
+    Patches,
+    _rows,
+    from_reduction_view,
+    magnitude_mask,
+    reduction_view,
+    sparsegpt_prune,
+)
 from compressor.recipe import recipe_from_dict
 from exporters import get_exporter
+from tests.conftest import ROOT
 
 
 def _is_n_of_m(w: torch.Tensor, n: int, m: int, axis: int) -> bool:
@@ -86,3 +96,31 @@ def test_module_paths_survive_pruning(mnist_vit):
     model, calib, x, _ = mnist_vit
     g, _ = _prune(model, calib, x, method="magnitude")
     assert {Graph.module_path(n) for n, _ in g.annotated("sparsity")} >= {"blocks.0.attn.qkv", "blocks.3.mlp.fc2"}
+
+
+def test_conv_patches_match_the_convolution_in_reduction_order():
+    """The im2col rows and the channel-last weight view multiply to exactly the conv output, so the
+    Hessian the second-order method uses is the one of the layer's real reduction."""
+    x, w = torch.randn(2, 8, 9, 9), torch.randn(5, 8, 3, 3)
+    view = Patches((3, 3), (2, 2), (1, 1), (1, 1))
+    out = torch.nn.functional.conv2d(x, w, stride=2, padding=1)
+    rows = _rows(x, view) @ reduction_view(w).T
+    torch.testing.assert_close(rows.reshape(2, -1, 5).permute(0, 2, 1).reshape(out.shape), out)
+    assert torch.equal(from_reduction_view(reduction_view(w), w.shape), w)
+    keep = from_reduction_view(magnitude_mask(reduction_view(w), 2, 4), w.shape)
+    assert _is_n_of_m(w * keep, 2, 4, axis=1)  # groups of 4 input channels at each kernel position
+
+
+def test_second_order_prunes_the_cnn_convs(tmp_path):
+    ckpt = torch.load(ROOT / "cnn_mnist.pt", weights_only=True)
+    model = zoo.build(ckpt["arch"], **ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    spec = Preprocess(**ckpt["preprocess"])
+    x, y = map(torch.cat, zip(*open_source(ROOT / "calibration_data/mnist/test", spec).batches(300), strict=True))
+    calib = open_source(ROOT / "calibration_data/mnist/calib", spec)
+    acc = {}
+    for method in ("magnitude", "sparsegpt"):
+        g, ctx = _prune(model.eval(), calib, x, method=method)
+        assert ctx.log[-1].summary["pruned_layers"] >= 8  # every conv but the 1-channel stem
+        acc[method] = float((g(x).argmax(1) == y).float().mean())
+    assert acc["sparsegpt"] > 0.9 and acc["sparsegpt"] > acc["magnitude"] + 0.3  # measured 97.0 vs 30.2 (1000)
