@@ -49,12 +49,18 @@ _VIT_MNIST: dict[str, Any] = {
     "attn_impl": "manual",
 }
 
+# RePaViT (channel-idle FFN, see RePaMlp): same widths as their plain twins, so a comparison
+# isolates the FFN. 75 % idle channels, the ratio of all released RePaViT weights.
+_REPA: dict[str, Any] = {"ffn": "repa", "idle_ratio": 0.75}
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "deit_tiny_patch16_224": ("vit", _deit(192, 3)),
     "deit_small_patch16_224": ("vit", _deit(384, 6)),
+    "repavit_small_patch16_224": ("vit", {**_deit(384, 6), **_REPA}),
     "deit_base_patch16_224": ("vit", _deit(768, 12)),
     "vit_mnist": ("vit", _VIT_MNIST),
     "vit_mnist_sdpa": ("vit", {**_VIT_MNIST, "attn_impl": "sdpa"}),
+    "repavit_mnist": ("vit", {**_VIT_MNIST, **_REPA}),
     "resnet_mnist": ("resnet", {"in_chans": 1, "num_classes": 10, "widths": [16, 32, 64]}),
 }
 

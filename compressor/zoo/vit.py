@@ -3,10 +3,15 @@
 Matching timm's state_dict keys lets pretrained DeiT checkpoints load without a
 key-remapping table, and lets compression passes address layers by the names
 users already know (``blocks.3.attn.qkv``).
+
+``ffn="repa"`` swaps each block's LayerNorm + MLP for RePaViT's channel-idle FFN
+(:class:`RePaMlp`), which ``reparam.repavit`` folds at inference.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -14,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 AttnImpl = Literal["manual", "sdpa"]
+FfnKind = Literal["mlp", "repa"]
 
 
 class PatchEmbed(nn.Module):
@@ -76,15 +82,59 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def _token_bn(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm1d over the channels of (B, N, C) tokens: statistics over batch × tokens."""
+    return bn(x.transpose(1, 2)).transpose(1, 2)
+
+
+class RePaMlp(nn.Module):
+    """RePaViT's channel-idle FFN: BN → fc1 → GELU on the first ``act_channels`` only → BN → fc2.
+
+    Only ``a = ceil(D·(1 − idle_ratio))`` hidden channels are nonlinear; the idle ones, both
+    BatchNorms and the block's shortcut are linear at inference, so ``reparam.repavit`` collapses
+    them into one C×C matrix (FFN weights 2CD → C² + 2Ca). BatchNorm, not LayerNorm, is what
+    allows that: its eval form is a constant affine map. ``mlp.norm1``/``mlp.norm2`` are the
+    BatchNorm1d over the C input and D hidden channels (the block itself has no ``norm2`` weights).
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, idle_ratio: float) -> None:
+        super().__init__()
+        if not 0.0 <= idle_ratio <= 1.0:
+            raise ValueError(f"idle_ratio must be in [0, 1], got {idle_ratio}")
+        self.norm1 = nn.BatchNorm1d(dim)
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.norm2 = nn.BatchNorm1d(hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        # rounded first: 100·(1 − 0.7) is 30.000000000000004 in floats, which must give 30 channels, not 31
+        self.act_channels = math.ceil(round(hidden_dim * (1.0 - idle_ratio), 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(_token_bn(self.norm1, x))
+        a = self.act_channels
+        if 0 < a < x.shape[-1]:
+            x = torch.cat([self.act(x[..., :a]), x[..., a:]], dim=-1)
+        elif a:  # idle_ratio 0: an ordinary GELU MLP, still with BatchNorm
+            x = self.act(x)
+        return self.fc2(_token_bn(self.norm2, x))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block, the layout DeiT checkpoints were trained with."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attn_impl: AttnImpl) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attn_impl: AttnImpl, ffn: FfnKind = "mlp",
+                 idle_ratio: float = 0.75) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, attn_impl)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        if ffn == "mlp":
+            self.norm2: nn.Module = nn.LayerNorm(dim, eps=1e-6)
+            self.mlp: nn.Module = Mlp(dim, int(dim * mlp_ratio))
+        elif ffn == "repa":
+            self.norm2 = nn.Identity()  # RePaMlp normalizes with its own BatchNorm; a LayerNorm would block the fold
+            self.mlp = RePaMlp(dim, int(dim * mlp_ratio), idle_ratio)
+        else:
+            raise ValueError(f"ffn must be 'mlp' or 'repa', got {ffn!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -105,12 +155,18 @@ class VisionTransformer(nn.Module):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         attn_impl: AttnImpl = "manual",
+        ffn: FfnKind = "mlp",
+        idle_ratio: float | Sequence[float] = 0.75,
     ) -> None:
+        """``idle_ratio`` (``ffn="repa"`` only): one ratio for every block, or one per block."""
         super().__init__()
+        ratios = [idle_ratio] * depth if isinstance(idle_ratio, (int, float)) else list(idle_ratio)
+        if len(ratios) != depth:
+            raise ValueError(f"idle_ratio has {len(ratios)} entries for {depth} blocks")
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
-        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, attn_impl) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, attn_impl, ffn, r) for r in ratios])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
         self._init_weights()

@@ -41,7 +41,7 @@ class FoldBN(Pass):
         return {"folded": len(folded), "batch_norms": folded}
 
 
-def _bn_params(bn: fx.Node) -> tuple[Any, ...]:
+def bn_params(bn: fx.Node) -> tuple[Any, ...]:
     """(weight, bias, running_mean, running_var, eps) for either ATen BN signature."""
     if bn.target == aten.batch_norm.default:
         _, w, b, mean, var, _training, _momentum, eps = bn.args[:8]
@@ -52,7 +52,7 @@ def _bn_params(bn: fx.Node) -> tuple[Any, ...]:
 
 def _foldable(graph: Graph, layer: fx.Node, bn: fx.Node) -> bool:
     transposed = layer.target == aten.convolution.default and bool(layer.args[6])
-    w, b, mean, var, _ = _bn_params(bn)
+    w, b, mean, var, _ = bn_params(bn)
     consts = [layer.args[1], mean, var] + [p for p in (w, b) if p is not None]
     bias_ok = len(layer.args) < 3 or layer.args[2] is None or graph.is_constant(layer.args[2])
     return not transposed and bias_ok and all(graph.is_constant(c) for c in consts)
@@ -63,7 +63,7 @@ def _fold(graph: Graph, layer: fx.Node, bn: fx.Node) -> None:
     weight = graph.attr(w_node).detach()
     bias_node = layer.args[2] if len(layer.args) > 2 else None
     bias = graph.attr(bias_node).detach() if bias_node is not None else torch.zeros(weight.shape[0])
-    gamma_n, beta_n, mean_n, var_n, eps = _bn_params(bn)
+    gamma_n, beta_n, mean_n, var_n, eps = bn_params(bn)
     mean, var = graph.attr(mean_n).detach(), graph.attr(var_n).detach()
     gamma = graph.attr(gamma_n).detach() if gamma_n is not None else torch.ones_like(mean)
     beta = graph.attr(beta_n).detach() if beta_n is not None else torch.zeros_like(mean)
