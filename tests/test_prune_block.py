@@ -2,7 +2,7 @@ import torch
 
 from compressor.graph import capture
 from compressor.passes import PASSES, PassContext
-from compressor.passes.prune.block import allocate, block_mask, blocks_of, distortion_curve
+from compressor.passes.prune.block import allocate, block_mask, blocks_of, distortion_curve, refit_kept
 
 
 def test_blocks_of_and_block_mask_agree_on_the_tiling():
@@ -58,3 +58,17 @@ def test_block_pass_on_the_mnist_vit(mnist_vit):
         assert torch.equal(alive, blocks_of(note["mask"].float(), 16, 16).any(-1))  # whole blocks only
     acc = float((g(x[:300]).argmax(1) == y[:300]).float().mean())
     assert acc > 0.2  # one-shot on a 64-wide model costs a lot (see benches/prune.py); not destroyed
+
+
+def test_refit_minimises_the_layer_output_error_for_the_mask():
+    g0 = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 32, generator=g0) @ torch.randn(32, 32, generator=g0)  # correlated inputs
+    w = torch.randn(16, 32, generator=g0)
+    keep = torch.rand(2, 4, generator=g0) > 0.5
+    mask = block_mask(keep, 8, 8)
+    new = refit_kept(w, mask, x.double().T @ x.double(), 8, damp=1e-6)
+    assert torch.equal(new != 0, mask & (new != 0)) and (new[~mask] == 0).all()
+    err = lambda v: float(((x @ (w - v).T) ** 2).mean())  # noqa: E731
+    assert err(new) < 0.7 * err(w * mask)
+    wiggle = new + 1e-2 * torch.randn(new.shape, generator=g0) * mask  # any other kept values do worse
+    assert err(new) < err(wiggle)

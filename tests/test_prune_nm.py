@@ -10,14 +10,8 @@ from compressor.data import Preprocess, open_source
 from compressor.errors import CompressorError
 from compressor.graph import Graph, capture
 from compressor.passes import PASSES, PassContext
-from compressor.passes.prune.nm import (
-    Patches,
-    _rows,
-    from_reduction_view,
-    magnitude_mask,
-    reduction_view,
-    sparsegpt_prune,
-)
+from compressor.passes.prune.hessian import Patches, _rows, from_reduction_view, reduction_view
+from compressor.passes.prune.nm import magnitude_mask, sparsegpt_prune
 from compressor.recipe import recipe_from_dict
 from exporters import get_exporter
 from tests.conftest import ROOT

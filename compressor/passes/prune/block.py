@@ -17,6 +17,12 @@ Whole (bh × bw) tiles of a weight are removed, the pattern a block-sparse kerne
   ViT's Linears (same token count everywhere) that is also the FLOP budget LPViT uses.
   `uniform` gives every layer the target sparsity (the comparison baseline).
 
+- Refit (`refit`, default on): with the block mask fixed, the kept weights of each block-row are
+  re-solved by least squares against the calibration Hessian H = XᵀX of the layer input,
+  W_K ← W H[:, K] H[K, K]⁻¹ (the exact minimiser of ‖(Ŵ − W) X‖² for that mask; SparseGPT's
+  column-by-column update approximates the same). LPViT itself does not reconstruct and leaves
+  recovery to fine-tuning; this is ours, measured against refit: false in benches/prune.py.
+
 The keep mask becomes the node annotation "sparsity" ({"pattern": "block", "block": [bh, bw]}),
 so later passes (quantization, fine-tune, sparse kernels) keep and use it.
 """
@@ -33,6 +39,7 @@ from torch import fx
 from compressor.graph.graph import Graph, is_kind
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.gradients import batch_gradients, output_energy
+from compressor.passes.prune.hessian import from_reduction_view, input_hessians, reduction_view
 
 
 class BlockParams(PassParams):
@@ -41,6 +48,8 @@ class BlockParams(PassParams):
     saliency: Literal["taylor", "l1"] = "taylor"
     allocation: Literal["rd", "uniform"] = "rd"
     lam: float = Field(1e-7, ge=0, description="λ of the quadratic term's ridge")
+    refit: bool = Field(True, description="least-squares refit of the kept weights with the input Hessian")
+    damp: float = Field(0.01, gt=0, description="Hessian dampening for the refit, fraction of its mean diagonal")
     skip: list[str] = Field(default_factory=lambda: ["head", "patch_embed.*"],
                             description="module paths (glob) left dense")
 
@@ -75,6 +84,19 @@ def distortion_curve(w: torch.Tensor, g: torch.Tensor, bh: int, bw: int, salienc
     first = torch.cat([zero, wg.sum(-1).cumsum(0)])  # gᵀΔW
     ridge = torch.cat([zero, (wb.flatten(0, 1)[order] ** 2).sum(-1).cumsum(0)])
     return order, diag + 0.5 * (first**2 + lam * ridge)
+
+
+def refit_kept(w: torch.Tensor, keep: torch.Tensor, hessian: torch.Tensor, bh: int, damp: float) -> torch.Tensor:
+    """Kept weights re-solved per block-row: W_K = W H[:, K] H[K, K]⁻¹ minimises ‖(Ŵ − W)X‖²."""
+    h = hessian.double().clone()
+    h += damp * torch.diag(h).mean().clamp_min(1e-12) * torch.eye(h.shape[0], dtype=h.dtype)
+    w64, out = w.double(), torch.zeros_like(w, dtype=torch.float64)
+    for r0 in range(0, w.shape[0], bh):
+        cols = keep[r0].nonzero().flatten()
+        if len(cols):
+            rows = w64[r0:r0 + bh]
+            out[r0:r0 + bh, cols] = torch.linalg.solve(h[cols][:, cols], (rows @ h[:, cols]).T).T
+    return out.to(w.dtype)
 
 
 def allocate(curves: list[torch.Tensor], target: float, floor: float) -> list[int]:
@@ -112,8 +134,9 @@ class BlockPrune(Pass):
         targets, skipped = self._targets(graph)
         weights = [graph.attr(n.args[1]) for n in targets]
         grads = self._gradient_proxy(graph, ctx, weights)
-        flat = [w.detach().reshape(w.shape[0], -1) for w in weights]
-        curves = [distortion_curve(w, g.reshape(w.shape), bh, bw, p.saliency, p.lam)
+        hessians = input_hessians(graph, ctx, targets) if p.refit else {}
+        flat = [reduction_view(w.detach()) for w in weights]
+        curves = [distortion_curve(w, reduction_view(g), bh, bw, p.saliency, p.lam)
                   for w, g in zip(flat, grads, strict=True)]
         if p.allocation == "rd":
             removed = allocate([c for _, c in curves], p.sparsity, min(0.05, (1 - p.sparsity) / 2))
@@ -123,9 +146,11 @@ class BlockPrune(Pass):
         for node, w, (order, curve), k in zip(targets, flat, curves, removed, strict=True):
             keep = torch.ones(w.shape[0] // bh, w.shape[1] // bw, dtype=torch.bool)
             keep.view(-1)[order[:k]] = False
-            mask = block_mask(keep, bh, bw).reshape(graph.attr(node.args[1]).shape)
+            mask = block_mask(keep, bh, bw)
+            new = refit_kept(w, mask, hessians[node], bh, p.damp) if p.refit else w * mask
+            shape = graph.attr(node.args[1]).shape
+            new, mask = from_reduction_view(new, shape).contiguous(), from_reduction_view(mask, shape)
             path = graph.module_path(node) or node.name
-            new = graph.attr(node.args[1]).detach() * mask
             node.update_arg(1, graph.add_buffer(f"{path}.weight_block", new, before=node))
             graph.annotate(node, "sparsity", {"pattern": "block", "block": [bh, bw], "axis": 1, "mask": mask})
             layers.append({"module": path, "shape": list(w.shape), "sparsity": round(k / keep.numel(), 4),
