@@ -128,7 +128,7 @@ class Graph:
         unique, i = base, 1
         while hasattr(self.gm, unique):
             unique, i = f"{base}_{i}", i + 1
-        self.gm.register_buffer(unique, value)
+        self.gm.register_buffer(unique, value.detach())  # a constant, whatever autograd history built it
         with self.gm.graph.inserting_before(before):
             return self.gm.graph.get_attr(unique)
 

@@ -4,6 +4,6 @@ from compressor.passes.base import PASSES, Pass, PassContext, PassParams, PassRe
 from compressor.passes.finetune import distill  # noqa: F401  (registers finetune.distill)
 from compressor.passes.prune import block, nm, structured  # noqa: F401  (registers prune.*)
 from compressor.passes.quant import int8_ptq  # noqa: F401  (registers quant.int8_ptq)
-from compressor.passes.reparam import fold_bn, repavit  # noqa: F401  (registers reparam.fold_bn, reparam.repavit)
+from compressor.passes.reparam import channel_idle, fold_bn, repavit  # noqa: F401  (registers reparam.*)
 
 __all__ = ["PASSES", "Pass", "PassContext", "PassParams", "PassRecord", "register_pass"]

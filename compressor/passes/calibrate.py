@@ -26,7 +26,10 @@ def insert_observers(graph: Graph, inputs: Iterable[tuple[fx.Node, list[int]]], 
 
     def observer(src: fx.Node) -> fx.Node:
         if src not in observed:
-            name = f"{OBSERVER_PREFIX}{len(observed)}"
+            i = len(observed)
+            while hasattr(graph.gm, f"{OBSERVER_PREFIX}{i}"):  # observers of an earlier call are still in
+                i += 1
+            name = f"{OBSERVER_PREFIX}{i}"
             graph.gm.add_submodule(name, make())
             with graph.gm.graph.inserting_after(src):
                 observed[src] = graph.gm.graph.call_module(name, (src,))

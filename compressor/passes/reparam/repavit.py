@@ -58,9 +58,9 @@ class ChannelIdleFFN:
     whether it went through the activation (RePaViT: order = 0..D-1, active = the first a)."""
 
     x: fx.Node
-    bn1: fx.Node
+    bn1: fx.Node | None  # None for a plain FFN converted by `reparam.channel_idle` (no BatchNorm)
     fc1: fx.Node
-    bn2: fx.Node
+    bn2: fx.Node | None
     fc2: fx.Node
     out: fx.Node  # the residual add, or fc2 when the FFN has no shortcut
     act: fx.Node | None  # one of the activation nodes, the template for the folded one
@@ -304,7 +304,7 @@ def _bn_affine(graph: Graph, bn: fx.Node) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, beta - mean * scale
 
 
-def _linear_params(graph: Graph, node: fx.Node) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_params(graph: Graph, node: fx.Node) -> tuple[torch.Tensor, torch.Tensor]:
     w = graph.attr(node.args[1])
     bias = node.args[2] if len(node.args) > 2 else None
     b = graph.attr(bias) if bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
@@ -337,15 +337,24 @@ def _params_before(graph: Graph, ffn: ChannelIdleFFN) -> int:
 @torch.no_grad()
 def fold(graph: Graph, ffn: ChannelIdleFFN, merge_shortcut: bool = True) -> tuple[str, int, int, int, int, int]:
     """Rewrite `ffn` as `Q·φ(P x + b₁'[A]) + M x + c`; returns (path, C, D, a, params before, after)."""
-    dtype = graph.attr(ffn.fc2.args[1]).dtype
-    w1, b1 = _linear_params(graph, ffn.fc1)
-    w2, b2 = _linear_params(graph, ffn.fc2)
+    assert ffn.bn1 is not None and ffn.bn2 is not None
+    w1, b1 = linear_params(graph, ffn.fc1)
+    w2, b2 = linear_params(graph, ffn.fc2)
     s1, t1 = _bn_affine(graph, ffn.bn1)
     s2, t2 = _bn_affine(graph, ffn.bn2)
     w1, b1 = w1 * s1, w1 @ t1 + b1  # BN₁ folded into fc1's input side
     w2, b2 = w2 * s2, w2 @ t2 + b2  # BN₂ folded into fc2's input side
     order = torch.tensor(ffn.order, dtype=torch.long)
-    w1, b1 = w1[order], b1[order]  # fc1 rows in BN₂'s channel order
+    params_before = _params_before(graph, ffn)
+    path, channels, a, params_after = emit_channel_idle(graph, ffn, w1[order], b1[order], w2, b2, merge_shortcut)
+    return path, channels, len(ffn.order), a, params_before, params_after
+
+
+def emit_channel_idle(graph: Graph, ffn: ChannelIdleFFN, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                      b2: torch.Tensor, merge_shortcut: bool) -> tuple[str, int, int, int]:
+    """Replace `ffn.out` by `Q·φ(P x + b₁[A]) + M x + c` built from the linear maps around the activation:
+    fc1 = (w1, b1) with rows in `ffn.active` order, fc2 = (w2, b2). Returns (path, C, a, params)."""
+    dtype = graph.attr(ffn.fc2.args[1]).dtype
     act_idx = torch.tensor([j for j, on in enumerate(ffn.active) if on], dtype=torch.long)
     idle_idx = torch.tensor([j for j, on in enumerate(ffn.active) if not on], dtype=torch.long)
     channels, a = w1.shape[1], len(act_idx)
@@ -389,6 +398,5 @@ def fold(graph: Graph, ffn: ChannelIdleFFN, merge_shortcut: bool = True) -> tupl
     else:
         out = linear("shortcut", ffn.x, m, c)
         params_after = channels * channels + channels
-    params_before = _params_before(graph, ffn)
     ffn.out.replace_all_uses_with(out)
-    return path, channels, len(ffn.order), a, params_before, params_after
+    return path, channels, a, params_after
