@@ -114,9 +114,10 @@ def compress(
         timings["passes_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        baseline = exporters[targets[0]].export(baseline_graph, staging / f"baseline.{targets[0]}", "fp32")
+        first = exporters[targets[0]]
+        baseline = first.export(baseline_graph, staging / f"baseline{first.suffix}", "fp32")
         precision = graph_precision(graph)
-        artifacts = {name: ex.export(graph, staging / f"model.{name}", precision) for name, ex in exporters.items()}
+        artifacts = {name: ex.export(graph, staging / f"model{ex.suffix}", precision) for name, ex in exporters.items()}
         timings["export_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -253,7 +254,7 @@ def _evaluate(loaded: LoadedModel, graph: Graph, baseline: Artifact, artifacts: 
     metric = rec.gate.metric if (rec.gate.metric != "top1" or data.has_labels) else "agreement"
     threads = bench.threads
     base_run = baseline.runner(threads)
-    base_out = collect(base_run, data, batch, bar, f"baseline.{baseline.target}", fixed_batch=fixed)
+    base_out = collect(base_run, data, batch, bar, baseline.path.name, fixed_batch=fixed)
     sim_out = collect(torch_runner(graph.gm), data, batch, bar, "simulation", fixed_batch=fixed)
     runners = {"baseline": base_run}
     results: dict[str, Any] = {"metric": metric, "float_torch": score(ref, ref, metric),

@@ -73,7 +73,9 @@ def _print_summary(report: dict, out: Path) -> None:
     verdict = "[green]passed[/]" if gate["passed"] else "[red]FAILED[/]"
     limit = f" (max {gate['max_drop']})" if gate["max_drop"] is not None else " (no --max-drop set)"
     console.print(f"accuracy drop {report['accuracy_drop']:.2f} points{limit}: gate {verdict}")
-    console.print(f"wrote {out}/: model.onnx, baseline.onnx, report.json, report.md, pareto.png, recipe.yaml")
+    files = [a["path"] for a in report["artifacts"]] + [b["path"], "report.json", "report.md", "pareto.png"]
+    files.append("recipe.yaml")
+    console.print(f"wrote {out}/: {', '.join(files)}")
 
 
 @app.command()
@@ -88,7 +90,7 @@ def compress(
                                                    "class or an array file [default: bundled test split, else "
                                                    "the calibration data with agreement as the metric]")] = None,
     input_shape: Annotated[str | None, typer.Option(help="model input N,C,H,W, e.g. 1,3,224,224")] = None,
-    export: Annotated[str | None, typer.Option(help="comma-separated targets [default: the recipe's]")] = None,
+    export: Annotated[str | None, typer.Option(help="targets: onnx,torch [default: the recipe's]")] = None,
     max_drop: Annotated[float | None, typer.Option(help="fail (exit 1) if accuracy drops more points")] = None,
     arch: Annotated[str | None, typer.Option(help="zoo architecture for a bare state_dict")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="allow loading a pickled nn.Module (runs code "

@@ -5,8 +5,9 @@ from __future__ import annotations
 from compressor.errors import CompressorError
 from exporters.base import Artifact, Exporter, atomic_path
 from exporters.onnx import OnnxArtifact, OnnxExporter
+from exporters.torch_program import TorchArtifact, TorchExporter
 
-EXPORTERS: dict[str, type[Exporter]] = {OnnxExporter.target: OnnxExporter}
+EXPORTERS: dict[str, type[Exporter]] = {OnnxExporter.target: OnnxExporter, TorchExporter.target: TorchExporter}
 
 
 def get_exporter(name: str) -> Exporter:
@@ -20,4 +21,7 @@ def get_exporter(name: str) -> Exporter:
     return cls()
 
 
-__all__ = ["EXPORTERS", "Artifact", "Exporter", "OnnxArtifact", "OnnxExporter", "atomic_path", "get_exporter"]
+__all__ = [
+    "EXPORTERS", "Artifact", "Exporter", "OnnxArtifact", "OnnxExporter", "TorchArtifact", "TorchExporter",
+    "atomic_path", "get_exporter",
+]

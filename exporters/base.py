@@ -43,6 +43,7 @@ class Exporter(ABC):
     """One deployment target. Subclasses name their extra so a missing backend says what to install."""
 
     target: ClassVar[str]
+    suffix: ClassVar[str]  # of the artifact file: model.onnx, model.pt2
     extra: ClassVar[str | None] = None
 
     @classmethod
@@ -66,7 +67,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     A crash or an exception mid-write leaves no half-written artifact under the final name.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temporary name keeps the real suffix: some writers (torch.export.save) insist on it
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -55,6 +55,7 @@ class OnnxArtifact(Artifact):
 
 class OnnxExporter(Exporter):
     target: ClassVar[str] = "onnx"
+    suffix: ClassVar[str] = ".onnx"
 
     def __init__(self, opset: int = OPSET) -> None:
         self.opset = opset

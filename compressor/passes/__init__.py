@@ -5,5 +5,6 @@ from compressor.passes.finetune import distill  # noqa: F401  (registers finetun
 from compressor.passes.prune import block, nm, structured  # noqa: F401  (registers prune.*)
 from compressor.passes.quant import int8_ptq  # noqa: F401  (registers quant.int8_ptq)
 from compressor.passes.reparam import channel_idle, fold_bn, repavit  # noqa: F401  (registers reparam.*)
+from compressor.passes.sparse import kernels  # noqa: F401  (registers sparse.kernels)
 
 __all__ = ["PASSES", "Pass", "PassContext", "PassParams", "PassRecord", "register_pass"]

@@ -1,0 +1,1 @@
+"""Sparse execution passes: kernels that turn pruned zeros into latency."""
