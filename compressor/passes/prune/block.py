@@ -29,17 +29,16 @@ so later passes (quantization, fine-tune, sparse kernels) keep and use it.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator
 from torch import fx
 
-from compressor.graph.graph import Graph, is_kind
+from compressor.graph.graph import Graph
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.gradients import batch_gradients, output_energy
-from compressor.passes.prune.hessian import from_reduction_view, input_hessians, reduction_view
+from compressor.passes.prune.hessian import from_reduction_view, input_hessians, prunable_layers, reduction_view
 
 
 class BlockParams(PassParams):
@@ -163,21 +162,15 @@ class BlockPrune(Pass):
                 "achieved": round(achieved, 4), "pruned_layers": len(layers), "skipped": skipped, "layers": layers}
 
     def _targets(self, graph: Graph) -> tuple[list[fx.Node], list[str]]:
-        """Linear/Conv nodes with constant weights whose 2-D view tiles exactly into blocks."""
+        """Layers whose (out, reduction) view tiles exactly into blocks."""
         bh, bw = self.params.block
-        found, skipped = [], []
-        for node in graph.nodes:
-            if not (is_kind(node, "linear") or is_kind(node, "conv")) or not graph.is_constant(node.args[1]):
-                continue
-            path = graph.module_path(node)
-            w = graph.attr(node.args[1])
-            if any(fnmatch.fnmatch(path, pat) for pat in self.params.skip):
-                skipped.append(path)
-            elif w.shape[0] % bh or w[0].numel() % bw:
-                skipped.append(f"{path} ({w.shape[0]}x{w[0].numel()} does not tile into {bh}x{bw} blocks)")
-            else:
-                found.append(node)
-        return found, skipped
+
+        def unfit(w: torch.Tensor) -> str | None:
+            if w.shape[0] % bh or w[0].numel() % bw:
+                return f"{w.shape[0]}x{w[0].numel()} does not tile into {bh}x{bw} blocks"
+            return None
+
+        return prunable_layers(graph, self.params.skip, unfit)
 
     def _gradient_proxy(self, graph: Graph, ctx: PassContext, weights: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.params.saliency == "l1" and self.params.allocation == "uniform":

@@ -8,6 +8,8 @@ pruning masks group along.
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -96,3 +98,26 @@ def input_hessians(graph: Graph, ctx: PassContext, targets: list[fx.Node]) -> di
     for obs_node in observed.values():
         remove_observer(graph, obs_node)
     return found
+
+
+def prunable_layers(graph: Graph, skip: list[str],
+                    unfit: Callable[[torch.Tensor], str | None]) -> tuple[list[fx.Node], list[str]]:
+    """Linear and plain 2-D Conv nodes with constant weights, minus `skip` globs and those `unfit` names a
+    reason for; returns (targets, skipped with their reasons) so reports say why a layer stayed dense."""
+    found, skipped = [], []
+    for node in graph.nodes:
+        if not (is_kind(node, "linear") or is_kind(node, "conv")) or not graph.is_constant(node.args[1]):
+            continue
+        path, w = graph.module_path(node), graph.attr(node.args[1])
+        try:
+            patches_of(node, w)
+        except ValueError as e:
+            skipped.append(f"{path} ({e})")
+            continue
+        if any(fnmatch.fnmatch(path, pat) for pat in skip):
+            skipped.append(path)
+        elif (reason := unfit(w)) is not None:
+            skipped.append(f"{path} ({reason})")
+        else:
+            found.append(node)
+    return found, skipped

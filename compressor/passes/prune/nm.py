@@ -22,16 +22,15 @@ carry the pattern.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import fx
 
-from compressor.graph.graph import Graph, is_kind
+from compressor.graph.graph import Graph
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
-from compressor.passes.prune.hessian import from_reduction_view, input_hessians, patches_of, reduction_view
+from compressor.passes.prune.hessian import from_reduction_view, input_hessians, prunable_layers, reduction_view
 
 aten = torch.ops.aten
 
@@ -126,22 +125,10 @@ class NMPrune(Pass):
                 "layers": layers}
 
     def _targets(self, graph: Graph) -> tuple[list[fx.Node], list[str]]:
-        """Linear/Conv nodes with constant weights whose grouped dimension is a multiple of m."""
-        found, skipped = [], []
-        for node in graph.nodes:
-            if not (is_kind(node, "linear") or is_kind(node, "conv")) or not graph.is_constant(node.args[1]):
-                continue
-            path = graph.module_path(node)
-            w = graph.attr(node.args[1])
-            try:
-                patches_of(node, w)
-            except ValueError as e:
-                skipped.append(f"{path} ({e})")
-                continue
-            if any(fnmatch.fnmatch(path, pat) for pat in self.params.skip):
-                skipped.append(path)
-            elif w.shape[1] % self.params.m:
-                skipped.append(f"{path} ({w.shape[1]} input channels, not a multiple of {self.params.m})")
-            else:
-                found.append(node)
-        return found, skipped
+        """Layers whose grouped dimension (input channels) is a multiple of m."""
+        m = self.params.m
+
+        def unfit(w: torch.Tensor) -> str | None:
+            return f"{w.shape[1]} input channels, not a multiple of {m}" if w.shape[1] % m else None
+
+        return prunable_layers(graph, self.params.skip, unfit)
