@@ -205,3 +205,15 @@ def search_tan_theta(attn: torch.Tensor, v: torch.Tensor, bits: int,
                      thetas: Sequence[float] = tuple(k * 0.05 for k in range(1, 31))) -> TanQuantizer:
     """θ ∈ (0, 1.5] minimising the attention-output error on calibration attention maps and values."""
     return min((TanQuantizer(bits, t) for t in thetas), key=lambda q: attention_output_error(q.fake, attn, v))
+
+
+def fake_uniform(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Per-tensor `UniformQuantizer.fake` as a plain function of tensors, callable from a graph node."""
+    return (torch.clamp(torch.round(x / scale) + zero_point, 0, qmax) - zero_point) * scale
+
+
+def fake_log(a: torch.Tensor, scale: torch.Tensor, bits: int, base_log2: float) -> torch.Tensor:
+    """`Log2Quantizer.fake` (base_log2 1) or `LogSqrt2Quantizer.fake` (½) as a graph-callable function."""
+    t = torch.round(-torch.log2(a / scale) / base_log2)
+    q = t.clamp(0, 2**bits - 1)
+    return torch.where(t < 2**bits, scale * torch.exp2(-q * base_log2), torch.zeros_like(a))
