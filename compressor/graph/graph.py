@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +43,11 @@ def is_kind(node: fx.Node, kind: NodeKind) -> bool:
     if callable(kind) and not isinstance(kind, torch._ops.OpOverload):
         return bool(kind(node))
     return node.target == kind
+
+
+def layer_norm_args(ln: fx.Node) -> tuple[Any, ...]:
+    """(input, normalized_shape, weight, bias, eps) of an aten.layer_norm node, defaults filled in."""
+    return (*ln.args, *(None, None, None, None, 1e-5)[len(ln.args):])[:5]
 
 
 class Graph:
@@ -85,6 +90,10 @@ class Graph:
         for part in str(node.target).split("."):
             obj = getattr(obj, part)
         return obj
+
+    def constant_numel(self, nodes: Iterable[Any] | None = None) -> int:
+        """Elements held by the constants among `nodes` (default: the whole graph): a parameter count."""
+        return sum(self.attr(n).numel() for n in (self.nodes if nodes is None else nodes) if self.is_constant(n))
 
     def is_constant(self, node: Any) -> bool:
         return isinstance(node, fx.Node) and node.op == "get_attr"

@@ -32,8 +32,6 @@ from compressor.graph.graph import Graph
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.prune.hessian import from_reduction_view, input_hessians, prunable_layers, reduction_view
 
-aten = torch.ops.aten
-
 
 class NMParams(PassParams):
     n: int = Field(2, ge=1, description="weights kept in each group")

@@ -110,7 +110,7 @@ class StructuredPrune(Pass):
         ffns = find_ffns(graph) if p.channels else []
         if not attns and not ffns:
             return {"pruned": 0, "note": "no attention head or Linear→GELU→Linear FFN found"}
-        before = _param_count(graph)
+        before = graph.constant_numel()
         tensors = _unit_tensors(graph, attns, ffns)
         saliency = _saliency(graph, ctx, tensors, attns, ffns)
         keep_heads, keep_channels = self._select(saliency, attns, ffns, graph)
@@ -125,7 +125,7 @@ class StructuredPrune(Pass):
         except Exception as e:  # a reshape with the old width we did not recognise
             raise CompressorError(f"prune.structured left an inconsistent graph ({type(e).__name__}: {e}); "
                                   "this attention layout is not supported, use heads: false") from e
-        after = _param_count(graph)
+        after = graph.constant_numel()
         return {"params_before": before, "params_after": after, "param_ratio": round(after / before, 4),
                 "heads": [{"module": graph.module_path(a.qkv).rpartition(".")[0], "kept": len(k), "of": a.heads}
                           for a, k in zip(attns, keep_heads, strict=True)],
@@ -153,10 +153,6 @@ class StructuredPrune(Pass):
                 removed += cost
         keep = [[u for u in range(len(s)) if u not in d] for s, d in zip(saliency, dropped, strict=True)]
         return keep[:len(attns)], keep[len(attns):]
-
-
-def _param_count(graph: Graph) -> int:
-    return sum(t.numel() for n in graph.nodes if (t := graph.attr(n)) is not None)
 
 
 def _weights(graph: Graph, node: fx.Node) -> list[torch.Tensor]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 
@@ -48,6 +49,28 @@ def _rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
     return x.reshape(1, -1) if axis is None else x.movedim(axis, 0).reshape(x.shape[axis], -1)
 
 
+def uniform_codes(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmax: int) -> torch.Tensor:
+    return torch.clamp(torch.round(x / scale) + zero_point, 0, qmax)
+
+
+def fake_uniform(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Uniform quantize-dequantize as a plain function of tensors, so a graph node can call it."""
+    return (uniform_codes(x, scale, zero_point, qmax) - zero_point) * scale
+
+
+def log_codes(a: torch.Tensor, scale: torch.Tensor | float, bits: int,
+              base_log2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(code, alive) of a ≈ scale·2^(−code·base_log2); alive is False where the value flushes to zero."""
+    t = torch.round(-torch.log2(a / scale) / base_log2)
+    return t.clamp(0, 2**bits - 1), t < 2**bits
+
+
+def fake_log(a: torch.Tensor, scale: torch.Tensor | float, bits: int, base_log2: float) -> torch.Tensor:
+    """Log2 (base_log2 1) or log√2 (½) quantize-dequantize, graph-callable like `fake_uniform`."""
+    q, alive = log_codes(a, scale, bits, base_log2)
+    return torch.where(alive, scale * torch.exp2(-q * base_log2), torch.zeros_like(a))
+
+
 @dataclass(frozen=True)
 class UniformQuantizer:
     bits: int
@@ -66,12 +89,10 @@ class UniformQuantizer:
         return shape
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        s, z = self.scale.reshape(self._shape(x)), self.zero_point.reshape(self._shape(x))
-        return torch.clamp(torch.round(x / s) + z, 0, self.qmax)
+        return uniform_codes(x, self.scale.reshape(self._shape(x)), self.zero_point.reshape(self._shape(x)), self.qmax)
 
     def fake(self, x: torch.Tensor) -> torch.Tensor:
-        s, z = self.scale.reshape(self._shape(x)), self.zero_point.reshape(self._shape(x))
-        return (self.codes(x) - z) * s
+        return fake_uniform(x, self.scale.reshape(self._shape(x)), self.zero_point.reshape(self._shape(x)), self.qmax)
 
     @classmethod
     def from_range(cls, lo: torch.Tensor, hi: torch.Tensor, bits: int, axis: int | None) -> UniformQuantizer:
@@ -126,17 +147,17 @@ class Log2Quantizer:
     base_log2: float = 1.0  # log2 of the level ratio: 1 for powers of 2, ½ for powers of √2
 
     def codes(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(code, alive): alive is False where the value flushes to zero."""
-        t = torch.round(-torch.log2(a / self.scale) / self.base_log2)
-        return t.clamp(0, 2**self.bits - 1), t < 2**self.bits
+        return log_codes(a, self.scale, self.bits, self.base_log2)
 
     def fake(self, a: torch.Tensor) -> torch.Tensor:
-        q, alive = self.codes(a)
-        return torch.where(alive, self.scale * torch.exp2(-q * self.base_log2), torch.zeros_like(a))
+        return fake_log(a, self.scale, self.bits, self.base_log2)
 
     @classmethod
-    def calibrate(cls, a: torch.Tensor, bits: int, candidates: Sequence[float] = PERCENTILES) -> Log2Quantizer:
-        return _best_log(cls, a, bits, candidates)
+    def calibrate(cls, a: torch.Tensor, bits: int, candidates: Sequence[float] = PERCENTILES) -> Self:
+        """RepQ-ViT §1.4: the scale among the candidate quantiles with the smallest MSE."""
+        flat = a.reshape(1, -1).float()
+        fits = [cls(bits, float(quantile(flat, p))) for p in candidates]
+        return min(fits, key=lambda q: float((q.fake(a) - a).pow(2).mean()))
 
 
 @dataclass(frozen=True)
@@ -149,23 +170,6 @@ class LogSqrt2Quantizer(Log2Quantizer):
         """(k, odd, alive) with the value s·2^(−k)·(√2 if odd else 1): a shift plus one constant (§1.6)."""
         q, alive = self.codes(a)
         return torch.ceil(q / 2), q.remainder(2) == 1, alive
-
-    @classmethod
-    def calibrate(cls, a: torch.Tensor, bits: int,
-                  candidates: Sequence[float] = PERCENTILES) -> LogSqrt2Quantizer:
-        return _best_log(cls, a, bits, candidates)  # type: ignore[return-value]
-
-
-def _best_log(cls: type, a: torch.Tensor, bits: int, candidates: Sequence[float]) -> Log2Quantizer:
-    """RepQ-ViT §1.4: the scale among the candidate quantiles with the smallest MSE."""
-    flat = a.reshape(1, -1).float()
-    best, best_err = None, math.inf
-    for p in candidates:
-        q = cls(bits, float(quantile(flat, p)))
-        err = float((q.fake(a) - a).pow(2).mean())
-        if err < best_err:
-            best, best_err = q, err
-    return best
 
 
 @dataclass(frozen=True)
@@ -205,15 +209,3 @@ def search_tan_theta(attn: torch.Tensor, v: torch.Tensor, bits: int,
                      thetas: Sequence[float] = tuple(k * 0.05 for k in range(1, 31))) -> TanQuantizer:
     """θ ∈ (0, 1.5] minimising the attention-output error on calibration attention maps and values."""
     return min((TanQuantizer(bits, t) for t in thetas), key=lambda q: attention_output_error(q.fake, attn, v))
-
-
-def fake_uniform(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmax: int) -> torch.Tensor:
-    """Per-tensor `UniformQuantizer.fake` as a plain function of tensors, callable from a graph node."""
-    return (torch.clamp(torch.round(x / scale) + zero_point, 0, qmax) - zero_point) * scale
-
-
-def fake_log(a: torch.Tensor, scale: torch.Tensor, bits: int, base_log2: float) -> torch.Tensor:
-    """`Log2Quantizer.fake` (base_log2 1) or `LogSqrt2Quantizer.fake` (½) as a graph-callable function."""
-    t = torch.round(-torch.log2(a / scale) / base_log2)
-    q = t.clamp(0, 2**bits - 1)
-    return torch.where(t < 2**bits, scale * torch.exp2(-q * base_log2), torch.zeros_like(a))

@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 from torch import fx, nn
 
-from compressor.graph.graph import Graph, is_kind
+from compressor.graph.graph import Graph, is_kind, layer_norm_args
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.calibrate import calibrate, insert_observers, observer_of, remove_observer
 from compressor.passes.quant.quantizers import (
@@ -81,9 +81,10 @@ class RepQ(Pass):
         post_ln = {lin: ln for ln, lin in graph.match("layer_norm", "linear")} if p.post_ln == "reparam" else {}
         report = {"reparameterized": [], "activations": [], "weights": 0}
         for (node, i), x in acts.items():
+            layerwise = None
             if i == 0 and node in post_ln:
-                x = self._reparameterize(graph, post_ln[node], node, x, report)
-            self._quantize_input(graph, node, i, x, report)
+                x, layerwise = self._reparameterize(graph, post_ln[node], node, x, report)
+            self._quantize_input(graph, node, i, x, layerwise, report)
         report["weights"] = self._quantize_weights(graph)
         graph.drop_unused_attrs()
         graph.recompile()
@@ -102,17 +103,23 @@ class RepQ(Pass):
             remove_observer(graph, obs)
         return values
 
-    def _reparameterize(self, graph: Graph, ln: fx.Node, lin: fx.Node, x: torch.Tensor, report: dict) -> torch.Tensor:
-        """Calibrate the LN output per channel, fold it to layer-wise; returns x' = x/r − b for what follows."""
+    def _reparameterize(self, graph: Graph, ln: fx.Node, lin: fx.Node, x: torch.Tensor,
+                        report: dict) -> tuple[torch.Tensor, tuple[float, float]]:
+        """Calibrate the LN output per channel and fold it to layer-wise; returns x' = x/r − b and (Δ̃, z̃)."""
         per = UniformQuantizer.percentile(x, self.params.a_bits, axis=x.dim() - 1)
         d_t, z_t, r, b = reparameterize_post_ln(graph, ln, lin, per.scale, per.zero_point,
                                                 self.params.round_zero_point)
-        graph.annotate(lin, "repq_input", (d_t, z_t))
         report["reparameterized"].append({"layer_norm": graph.module_path(ln), "linear": graph.module_path(lin),
                                           "scale_spread": float(r.max() / r.min())})
-        return (x.double() / r - b).float()
+        return (x.double() / r - b).float(), (d_t, z_t)
 
-    def _quantize_input(self, graph: Graph, node: fx.Node, i: int, x: torch.Tensor, report: dict) -> None:
+    def _fit_uniform(self, x: torch.Tensor, bits: int, axis: int | None = None) -> UniformQuantizer:
+        fit = UniformQuantizer.percentile if self.params.range == "percentile" else UniformQuantizer.minmax
+        return fit(x, bits, axis)
+
+    def _quantize_input(self, graph: Graph, node: fx.Node, i: int, x: torch.Tensor,
+                        layerwise: tuple[float, float] | None, report: dict) -> None:
+        """Route input `i` of `node` through a fake quantizer; `layerwise` is a reparameterized (Δ̃, z̃)."""
         p = self.params
         src = node.args[i]
         if is_kind(src, "softmax") and p.softmax == "log_sqrt2":
@@ -120,12 +127,10 @@ class RepQ(Pass):
             fn, args, what = fake_log, (torch.tensor(q.scale), p.a_bits, 0.5), f"log√2 s={q.scale:.4g}"
         else:
             bits = p.input_bits if is_kind(node, "conv") and i == 0 else p.a_bits
-            fixed = graph.annotation(node, "repq_input") if i == 0 else None
-            if fixed is not None:
-                scale, zero = torch.tensor(fixed[0]), torch.tensor(fixed[1])
+            if layerwise is not None:
+                scale, zero = torch.tensor(layerwise[0]), torch.tensor(layerwise[1])
             else:
-                make = UniformQuantizer.percentile if p.range == "percentile" else UniformQuantizer.minmax
-                q = make(x, bits)
+                q = self._fit_uniform(x, bits)
                 scale, zero = q.scale, q.zero_point
             fn, args, what = fake_uniform, (scale, zero, 2**bits - 1), f"uniform {bits}b Δ={float(scale):.4g}"
         path = graph.module_path(node) or node.name
@@ -139,8 +144,7 @@ class RepQ(Pass):
         for node in graph.nodes:
             if (is_kind(node, "linear") or is_kind(node, "conv")) and graph.is_constant(node.args[1]):
                 w = graph.attr(node.args[1]).detach()
-                make = UniformQuantizer.percentile if p.range == "percentile" else UniformQuantizer.minmax
-                wq = make(w, p.w_bits, axis=0).fake(w)
+                wq = self._fit_uniform(w, p.w_bits, axis=0).fake(w)
                 node.update_arg(1, graph.add_buffer(f"{graph.module_path(node)}.weight_w{p.w_bits}", wq, before=node))
                 count += 1
         return count
@@ -171,7 +175,7 @@ def reparameterize_post_ln(graph: Graph, ln: fx.Node, lin: fx.Node, d_c: torch.T
     b = (-z_c * d_c) / r + z_t * d_t
     c = len(d_c)
     gamma, beta = (graph.attr(a).double() if isinstance(a, fx.Node) else torch.full((c,), fill, dtype=torch.float64)
-                   for a, fill in zip((*ln.args, None, None)[2:4], (1.0, 0.0), strict=True))
+                   for a, fill in zip(layer_norm_args(ln)[2:4], (1.0, 0.0), strict=True))
     w = graph.attr(lin.args[1]).double()
     bias = graph.attr(lin.args[2]).double() if len(lin.args) > 2 and lin.args[2] is not None else 0.0
     w_new = w * r

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import fx, nn
 
-from compressor.graph.graph import Graph
+from compressor.graph.graph import Graph, layer_norm_args
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.calibrate import calibrate, insert_observers, observer_of, remove_observer
 from compressor.passes.reparam.repavit import ChannelIdleFFN, emit_channel_idle, linear_params
@@ -114,7 +114,7 @@ class ChannelIdle(Pass):
         lns = [ffn.fc1.args[0] for ffn in ffns]
         fit_obs = insert_observers(graph, [(ln, [0]) for ln in lns], AffineFitObserver)
         for ln in lns:  # LN(x) with the graph's own weight, bias and eps, in float64
-            _x, shape, w, b, eps = _layer_norm_args(ln)
+            _x, shape, w, b, eps = layer_norm_args(ln)
             observer_of(graph, ln.args[0]).norm = (shape, _double(graph, w), _double(graph, b), eps)
         act_obs = insert_observers(graph, [(ffn.act, [0]) for ffn in ffns], LinearizeObserver)
         for ffn in ffns:
@@ -129,7 +129,7 @@ class ChannelIdle(Pass):
 
     def _convert(self, graph: Graph, ffn: ChannelIdleFFN, xx: torch.Tensor, xy: torch.Tensor,
                  sums: torch.Tensor) -> dict[str, Any]:
-        before = _params(graph, [*ffn.fc1.args[1:3], *ffn.fc2.args[1:3], *_layer_norm_args(ffn.fc1.args[0])[2:4]])
+        before = graph.constant_numel([*ffn.fc1.args[1:3], *ffn.fc2.args[1:3], *layer_norm_args(ffn.fc1.args[0])[2:4]])
         w1, b1 = linear_params(graph, ffn.fc1)
         w2, b2 = linear_params(graph, ffn.fc2)
         c, d = w1.shape[1], w1.shape[0]
@@ -151,15 +151,6 @@ class ChannelIdle(Pass):
         path, _, _, after = emit_channel_idle(graph, ffn, w1, b1, w2, b2, self.params.merge_shortcut)
         return {"module": path, "channels": c, "hidden": d, "active": a, "params_before": before,
                 "params_after": after}
-
-
-def _layer_norm_args(ln: fx.Node) -> tuple[Any, ...]:
-    """(input, normalized_shape, weight, bias, eps) of aten.layer_norm, defaults filled in."""
-    return (*ln.args, *(None, None, None, None, 1e-5)[len(ln.args):])[:5]
-
-
-def _params(graph: Graph, nodes: list[Any]) -> int:
-    return sum(graph.attr(n).numel() for n in nodes if isinstance(n, fx.Node))
 
 
 def _double(graph: Graph, node: Any) -> torch.Tensor | None:

@@ -331,7 +331,7 @@ def _ffn_path(ffn: ChannelIdleFFN) -> str:
 def _params_before(graph: Graph, ffn: ChannelIdleFFN) -> int:
     """Linear weights and biases and BN affine weights (BN running statistics are not parameters)."""
     consts = [*ffn.fc1.args[1:3], *ffn.fc2.args[1:3], *bn_params(ffn.bn1)[:2], *bn_params(ffn.bn2)[:2]]
-    return sum(graph.attr(n).numel() for n in consts if n is not None)
+    return graph.constant_numel(consts)
 
 
 @torch.no_grad()
