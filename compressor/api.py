@@ -73,12 +73,14 @@ def compress(
     batch_sizes: Sequence[int] | None = None,
     threads: int | None = None,
     progress: bool | Progress = False,
+    fast: bool = False,
 ) -> CompressResult:
     """Compress `model` with `recipe`, export, measure every artifact in its runtime and gate.
 
     `model` is a file (checkpoint, state_dict with `arch`, TorchScript, .pt2, or a pickled module
     with `trust_pickle`) or an `nn.Module`. `calib`/`eval_data` are folders, array files, or
     iterables of tensors / (tensor, label) batches; bundled checkpoints find their own data.
+    `fast` switches passes with a CPU preset (reconstruction) to it.
     """
     if calib_size is not None and calib_size < 1:
         raise CompressorError(f"calib_size {calib_size}: use at least 1 calibration image (None uses all).")
@@ -86,6 +88,7 @@ def compress(
     start = time.perf_counter()
     bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    rec = rec.fast() if fast else rec
     targets = list(export or rec.export)
     exporters = {t: get_exporter(t) for t in targets}
     out = Path(out_dir)

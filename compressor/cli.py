@@ -103,6 +103,8 @@ def compress(
     batch_sizes: Annotated[str | None, typer.Option(help="latency batch sizes, e.g. 1,8")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="runtime threads for latency")] = None,
     junit: Annotated[Path | None, typer.Option(help="write a JUnit XML verdict here")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="CPU preset for slow passes (quant.aphq: minutes, "
+                                        "not the paper's 20k steps per block)")] = False,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="list bundled recipes and exit")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or summary")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
@@ -129,7 +131,7 @@ def compress(
                      export=export.split(",") if export else None, out_dir=out, max_drop=max_drop,
                      input_shape=_ints(input_shape, "--input-shape", 4), arch=arch, trust_pickle=trust_pickle,
                      preprocess=pre, calib_size=calib_size, batch_sizes=_ints(batch_sizes, "--batch-sizes"),
-                     threads=threads, progress=not quiet)
+                     threads=threads, progress=not quiet, fast=fast)
         report = result.report
     except CompressorError as e:
         err.print(f"[red]error:[/] {e}", highlight=False, markup=True)

@@ -77,6 +77,16 @@ class Recipe(BaseModel):
     benchmark: BenchSpec = Field(default_factory=BenchSpec)
     preprocess: Preprocess | None = None
 
+    def fast(self) -> Recipe:
+        """This recipe with every pass that has a `fast` preset switched to it (CLI `--fast`)."""
+        entries = [PassEntry(name=e.name, params={**e.params, "fast": True})
+                   if "fast" in PASSES[e.name].Params.model_fields else e for e in self.passes]
+        if entries == self.passes:
+            having = sorted(n for n, c in PASSES.items() if "fast" in c.Params.model_fields)
+            raise CompressorError(f"--fast: no pass of recipe {self.name!r} has a fast preset (passes that do: "
+                                  f"{', '.join(having)}).")
+        return self.model_copy(update={"passes": entries})
+
     def to_yaml_dict(self) -> dict[str, Any]:
         """The recipe as written in YAML (`pass:` key plus parameters inline), defaults included."""
         d = self.model_dump(mode="json", exclude_none=True)

@@ -44,6 +44,7 @@ class Recipe:
 
 RECIPES = (
     Recipe("vit_mnist", "vit_mnist.pt", epochs=60, lr=2e-3, weight_decay=0.05, batch_size=64),
+    Recipe("vit_mnist_deep", "vit_mnist_deep.pt", epochs=60, lr=1e-3, weight_decay=0.05, batch_size=64),
     # RePaViT twin of vit_mnist (same widths, channel-idle BatchNorm FFN) for `reparam.repavit`
     Recipe("repavit_mnist", "repavit_mnist.pt", epochs=60, lr=2e-3, weight_decay=0.05, batch_size=64),
     Recipe("resnet_mnist", "cnn_mnist.pt", epochs=15, lr=4e-3, weight_decay=5e-4),

@@ -7,6 +7,7 @@ file and key rather than after calibration.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -59,6 +60,16 @@ class PassContext:
             raise ValueError("this pass needs calibration data")
         for x, _ in self.calib.batches(self.calib_batch_size, self.calib_limit, fill=self.fixed_batch):
             yield x.to(self.device)
+
+    @contextlib.contextmanager
+    def limited(self, n: int) -> Iterator[None]:
+        """Use at most `n` calibration images inside the block (and never more than already allowed)."""
+        saved = self.calib_limit
+        self.calib_limit = min(saved or n, n)
+        try:
+            yield
+        finally:
+            self.calib_limit = saved
 
     def calibration_size(self) -> int:
         n = len(self.calib) if self.calib is not None else 0

@@ -49,6 +49,10 @@ _VIT_MNIST: dict[str, Any] = {
     "attn_impl": "manual",
 }
 
+# A deeper, wider MNIST ViT with the standard 4x FFN: the second model of the low-bit PTQ table,
+# so a method is not tuned to one shape.
+_VIT_MNIST_DEEP: dict[str, Any] = {**_VIT_MNIST, "embed_dim": 96, "depth": 6, "num_heads": 6, "mlp_ratio": 4.0}
+
 # RePaViT (channel-idle FFN, see RePaMlp): same widths as their plain twins, so a comparison
 # isolates the FFN. 75 % idle channels, the ratio of all released RePaViT weights.
 _REPA: dict[str, Any] = {"ffn": "repa", "idle_ratio": 0.75}
@@ -59,6 +63,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "repavit_small_patch16_224": ("vit", {**_deit(384, 6), **_REPA}),
     "deit_base_patch16_224": ("vit", _deit(768, 12)),
     "vit_mnist": ("vit", _VIT_MNIST),
+    "vit_mnist_deep": ("vit", _VIT_MNIST_DEEP),
     "vit_mnist_sdpa": ("vit", {**_VIT_MNIST, "attn_impl": "sdpa"}),
     "repavit_mnist": ("vit", {**_VIT_MNIST, **_REPA}),
     "resnet_mnist": ("resnet", {"in_chans": 1, "num_classes": 10, "widths": [16, 32, 64]}),

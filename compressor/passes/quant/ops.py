@@ -57,6 +57,29 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     return dequantize(quantize(x, scale, zero_point, axis), scale, zero_point, axis)
 
 
+@torch.library.custom_op("compressor::quantize_dequantize", mutates_args=())
+def quantize_dequantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmax: int) -> torch.Tensor:
+    """A per-tensor quantizer on the b-bit grid [0, qmax] inside uint8, for low-bit activations:
+    (clamp(round(x / scale) + zero_point, 0, qmax) − zero_point) · scale."""
+    z = zero_point.to(torch.float32)
+    return (torch.clamp(torch.round(x / scale) + z, 0, qmax) - z) * scale
+
+
+@quantize_dequantize.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmax: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _quantize_dequantize_onnx(x, scale, zero_point, qmax: int):
+    """Clip to the b-bit range in float, then a uint8 QuantizeLinear/DequantizeLinear pair: the clip
+    makes uint8 saturation land on [0, qmax], and runtimes see an ordinary Q/DQ pair."""
+    z = op.Cast(zero_point, to=1)  # FLOAT
+    lo = op.Mul(op.Neg(z), scale)
+    hi = op.Mul(op.Sub(op.CastLike(op.Constant(value_float=float(qmax)), z), z), scale)
+    q = op.QuantizeLinear(op.Clip(x, lo, hi), scale, zero_point)
+    return op.DequantizeLinear(q, scale, zero_point)
+
+
 def _quantize_onnx(x, scale, zero_point, axis: int):
     return op.QuantizeLinear(x, scale, zero_point, axis=axis)
 
@@ -68,9 +91,11 @@ def _dequantize_onnx(q, scale, zero_point, axis: int):
 #: The overloads that graph nodes call (a custom op's Python wrapper cannot be a node target).
 QUANTIZE = torch.ops.compressor.quantize.default
 DEQUANTIZE = torch.ops.compressor.dequantize.default
-ONNX_TRANSLATIONS = {QUANTIZE: _quantize_onnx, DEQUANTIZE: _dequantize_onnx}
+QUANTIZE_DEQUANTIZE = torch.ops.compressor.quantize_dequantize.default
+ONNX_TRANSLATIONS = {QUANTIZE: _quantize_onnx, DEQUANTIZE: _dequantize_onnx,
+                     QUANTIZE_DEQUANTIZE: _quantize_dequantize_onnx}
 
 
 def graph_precision(graph: Graph) -> str:
     """'int8' if any tensor in the graph is quantized, else 'fp32' (names artifacts in reports)."""
-    return "int8" if any(n.target is QUANTIZE or n.target is DEQUANTIZE for n in graph.nodes) else "fp32"
+    return "int8" if any(n.target in ONNX_TRANSLATIONS for n in graph.nodes) else "fp32"

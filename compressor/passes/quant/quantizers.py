@@ -71,6 +71,22 @@ def fake_log(a: torch.Tensor, scale: torch.Tensor | float, bits: int, base_log2:
     return torch.where(alive, scale * torch.exp2(-q * base_log2), torch.zeros_like(a))
 
 
+def log_sqrt2_as_log2(a: torch.Tensor, scale: torch.Tensor | float, bits: int) -> torch.Tensor:
+    """The log√2 quantizer in its inference form (§1.6): a power-of-2 shift k = ⌈q/2⌉ and one √2
+    factor on odd codes. Same codes as `fake_log(…, ½)`; values agree to the last bit or one ulp."""
+    q, alive = log_codes(a, scale, bits, 0.5)
+    k = torch.ceil(q / 2)
+    odd = q - 2 * torch.floor(q / 2)  # q mod 2 in plain arithmetic, which every exporter lowers
+    return torch.where(alive, scale * torch.exp2(-k) * (1 + (math.sqrt(2) - 1) * odd), torch.zeros_like(a))
+
+
+def fake_tan(a: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Nearest of the sorted `levels` (TanQ's), by counting the midpoints below each value: no
+    bucketize, so it exports to ONNX as a compare, a sum and a gather."""
+    mids = (levels[1:] + levels[:-1]) / 2
+    return levels[(a.clamp(0, 1).unsqueeze(-1) > mids).sum(-1)]
+
+
 @dataclass(frozen=True)
 class UniformQuantizer:
     bits: int
@@ -189,14 +205,9 @@ class TanQuantizer:
         n = 2**self.bits - 1
         return self.expand(torch.arange(n + 1, dtype=torch.float64) / n)
 
-    def codes(self, a: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest level (nearest in value, not in the companded domain)."""
-        lv = self.levels().to(a.dtype)
-        mids = (lv[1:] + lv[:-1]) / 2
-        return torch.bucketize(a.clamp(0, 1), mids)
-
     def fake(self, a: torch.Tensor) -> torch.Tensor:
-        return self.levels().to(a.dtype)[self.codes(a)]
+        """The nearest level (nearest in value, not in the companded domain)."""
+        return fake_tan(a, self.levels().to(a.dtype))
 
 
 def attention_output_error(fake: Callable[[torch.Tensor], torch.Tensor], attn: torch.Tensor,
