@@ -5,7 +5,7 @@ table isolates the quantizer. Each layer's quantizer is fitted on the 500 calibr
 (uniform: RepQ percentile search; log2/log√2: RepQ's percentile-MSE scale; TanQ: θ searched by
 the attention-output error softmax·V), then measured on the 1000 test digits: the mean over
 layers of the attention-output MSE relative to its float power, and top-1 of the PyTorch
-simulation (no ONNX export of these quantizers exists yet).
+simulation (the full low-bit recipes, exported and run in ONNX Runtime, are in vit_ptq_table.py).
 
     python benches/softmax_quantizers.py [--md FILE]
 """

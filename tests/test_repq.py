@@ -48,3 +48,33 @@ def test_repq_beats_naive_minmax_at_w4a4_on_the_mnist_vit(mnist_vit):
             assert len(s["reparameterized"]) == 8 and s["weights"] == 18  # 16 block Linears, patch conv, head
             assert any(a["quantizer"].startswith("log√2") for a in s["activations"])
     assert acc["repq"] > 95.5 and acc["repq"] >= acc["minmax"] + 0.8  # measured 96.6 vs 95.2 (float 97.0)
+
+
+def _ort_logits(g, x, tmp_path):
+    from exporters.onnx import OnnxExporter
+
+    art = OnnxExporter().export(g, tmp_path / "m.onnx", "quantized")
+    return art.op_counts(), art.runner(2)(x.numpy())
+
+
+def test_w4a4_graph_exports_as_qdq_and_onnx_runtime_matches_the_simulation(mnist_vit, tmp_path):
+    model, calib, x, _ = mnist_vit
+    g = capture(model, x[:2])
+    ctx = PassContext(calib=calib)
+    PASSES["quant.repq"](PASSES["quant.repq"].Params(w_bits=4, a_bits=4)).run(g, ctx)
+    assert ctx.log[-1].summary["lowered"] == {"qdq": 48, "float": 0}  # 18 weights, 30 activations
+    counts, logits = _ort_logits(g, x[:300], tmp_path)
+    assert counts["DequantizeLinear"] == 48 and counts["QuantizeLinear"] == 30
+    assert counts["Log"] == 4 and counts["Ceil"] == 4  # the log2-form post-softmax subgraph, one per block
+    sim = g(x[:300]).numpy()
+    assert float(abs(logits - sim).max()) < 1e-3 * float(abs(sim).max())
+    assert (logits.argmax(1) == sim.argmax(1)).all()
+
+
+def test_a_fractional_zero_point_stays_a_float_simulation(mnist_vit):
+    model, calib, x, _ = mnist_vit
+    g = capture(model, x[:2])
+    ctx = PassContext(calib=calib)
+    PASSES["quant.repq"](PASSES["quant.repq"].Params(w_bits=4, a_bits=4, round_zero_point=False)).run(g, ctx)
+    lowered = ctx.log[-1].summary["lowered"]
+    assert lowered["float"] >= 1 and lowered["qdq"] + lowered["float"] == 48
