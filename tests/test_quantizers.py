@@ -88,3 +88,16 @@ def test_theta_search_minimises_the_attention_output_error():
     best = search_tan_theta(attn, v, 3)
     errors = [attention_output_error(TanQuantizer(3, t).fake, attn, v) for t in (0.05, 0.5, 1.0, 1.5)]
     assert attention_output_error(best.fake, attn, v) <= min(errors) + 1e-12
+
+
+def test_the_graph_log2_form_gives_the_calibration_codes_and_values():
+    from compressor.passes.quant.quantizers import fake_log, log_sqrt2_as_log2
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.softmax(torch.randn(32, 64, generator=g) * 5, -1)
+    a[0, :3] = torch.tensor([0.0, 1.0, 1e-30])
+    s = torch.tensor(0.9)
+    for bits in (3, 4):
+        ref, got = fake_log(a, s, bits, 0.5), log_sqrt2_as_log2(a, s, bits)
+        torch.testing.assert_close(got, ref, rtol=2.5e-7, atol=0)  # √2 and exp2 round separately: ≤ 1 ulp
+        assert torch.equal(got == 0, ref == 0)

@@ -97,5 +97,11 @@ ONNX_TRANSLATIONS = {QUANTIZE: _quantize_onnx, DEQUANTIZE: _dequantize_onnx,
 
 
 def graph_precision(graph: Graph) -> str:
-    """'int8' if any tensor in the graph is quantized, else 'fp32' (names artifacts in reports)."""
+    """What a low-bit pass recorded ('w4a4'), else 'int8' if any tensor is quantized, else 'fp32'
+    (names artifacts in reports)."""
+    if PRECISION_KEY in graph.gm.meta:
+        return graph.gm.meta[PRECISION_KEY]
     return "int8" if any(n.target in ONNX_TRANSLATIONS for n in graph.nodes) else "fp32"
+
+
+PRECISION_KEY = "compressor_precision"

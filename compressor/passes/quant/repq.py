@@ -29,6 +29,8 @@ float simulation; the report counts both. Post-softmax log√2 is emitted in its
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from typing import Any, Literal
 
 import torch
@@ -223,6 +225,9 @@ def lower_to_qdq(graph: Graph) -> dict[str, int]:
     """Turn the `lowbit` fake quantizers into their ONNX Q/DQ form (module docstring). A zero point
     that is fractional or outside uint8 keeps the float form. Returns how many went each way."""
     counts = {"qdq": 0, "float": 0}
+    bits = {role: Counter(round(math.log2(n.args[3] + 1)) for n, r in graph.annotated("lowbit") if r == role)
+            for role in ("weight", "act")}  # the usual width of each (the image input keeps 8 bits)
+    graph.gm.meta[ops.PRECISION_KEY] = "w{}a{}".format(*(b.most_common(1)[0][0] if b else 32 for b in bits.values()))
     for node, role in list(graph.annotated("lowbit")):
         if role == "softmax":  # log√2/TanQ: explicit float subgraphs
             continue
