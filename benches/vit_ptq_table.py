@@ -5,10 +5,11 @@ Rows: naive min-max, percentile (RepQ's range search without its reparameterizat
 (rounded z̃, all Q/DQ), RepQ-ViT with its fractional z̃ (those quantizers run as float ops in
 ONNX), DopQ-ViT (MOSF + TanQ), APHQ-ViT with the `--fast` preset. Every method calibrates on the
 500 calibration digits' first images (32 for RepQ/DopQ, 128 + 256 for APHQ). Wall time is the
-pass alone at W4A4 on this machine. `--ablation` adds APHQ variants at W4A4/W3A3 on the first
+pass alone, per bit width, on this machine. `--ablation` adds APHQ variants on the first
 model: plain QDrop MSE loss, APHQ's all-ones H̄ direction, no MLP reconstruction.
 
-    python benches/vit_ptq_table.py [--models vit_mnist.pt,vit_mnist_deep.pt] [--ablation] [--md FILE]
+    python benches/vit_ptq_table.py [--models vit_mnist.pt,vit_mnist_deep.pt] [--bits 8,6,4,3]
+                                    [--only TEXT] [--ablation] [--md FILE]
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from compressor.passes import PASSES, PassContext
 from exporters.onnx import OnnxExporter
 
 ROOT = Path(__file__).resolve().parent.parent
-BITS = (8, 6, 4, 3)
 METHODS = {
     "naive min-max": ("quant.repq", {"range": "minmax", "post_ln": "layerwise", "softmax": "uniform"}),
     "percentile": ("quant.repq", {"post_ln": "layerwise", "softmax": "uniform"}),
@@ -83,6 +83,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="vit_mnist.pt,vit_mnist_deep.pt")
     ap.add_argument("--ablation", action="store_true")
+    ap.add_argument("--bits", default="8,6,4,3", help="bit widths (WbAb), e.g. 4,3")
+    ap.add_argument("--only", help="rows whose name contains this text")
     ap.add_argument("--md", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -93,9 +95,12 @@ def main() -> None:
         calib = open_source(ROOT / "calibration_data/mnist/calib", spec)
         batches = open_source(ROOT / "calibration_data/mnist/test", spec).batches(1000)
         x, y = map(torch.cat, zip(*batches, strict=True))
-        out += [*table(file, model, calib, x, y, METHODS, BITS), ""]
+        bits = tuple(int(b) for b in args.bits.split(","))
+        rows = {k: v for k, v in METHODS.items() if not args.only or args.only in k}
+        if rows:
+            out += [*table(file, model, calib, x, y, rows, bits), ""]
         if args.ablation and i == 0:
-            out += [*table(f"{file}, APHQ ablation", model, calib, x, y, ABLATION, (4, 3)), ""]
+            out += [*table(f"{file}, APHQ ablation", model, calib, x, y, ABLATION, bits), ""]
     text = "\n".join(out)
     print(text)
     if args.md:
