@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from compressor.errors import CompressorError
 from compressor.graph import capture
@@ -64,4 +63,4 @@ def test_w4a4_aphq_fast_from_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["passes"][0]["params"]["fast"] is True and report["accuracy_drop"] <= 1.5
-    assert torch.cuda.is_available() or report["artifacts"][0]["accuracy"] > 95.5
+    assert report["artifacts"][0]["accuracy"] > 95.5

@@ -31,6 +31,7 @@ from torch import fx
 
 from compressor.graph.graph import Graph
 from compressor.passes.base import PassContext, register_pass
+from compressor.passes.quant.quantizers import quantile
 from compressor.passes.quant.reconstruct import (
     Unit,
     adaround_fake,
@@ -117,7 +118,7 @@ class APHQ(RepQ):
         """fc1/fc2 trained so fc2(ReLU(fc1 x)) and its clamped twin match the GELU output."""
         p = self.params
         q = p.mlp_quantile or (0.99 if p.a_bits <= 3 else 0.98)
-        upper = float(torch.quantile(g[g > 0][:1 << 24].float(), q))
+        upper = float(quantile(g[g > 0].reshape(1, -1).float(), q))
         tensors = [graph.attr(a) for a in (fc1.args[1], fc1.args[2], fc2.args[1], fc2.args[2])]
         w1, b1, w2, b2 = params = [t.detach().clone().requires_grad_() for t in tensors]
 
@@ -251,7 +252,8 @@ def _run_unit(graph: Graph, unit: Unit, x: torch.Tensor, overrides: dict | None 
 @torch.no_grad()
 def _cache(graph: Graph, images: torch.Tensor, nodes: list[fx.Node], batch: int = 128) -> dict[fx.Node, torch.Tensor]:
     """Float-model values of `nodes` on `images`."""
-    runs = [full_run(graph, xb, float_overrides(graph)) for xb in images.split(batch)]
+    fp = float_overrides(graph)
+    runs = [full_run(graph, xb, fp) for xb in images.split(batch)]
     return {n: torch.cat([env[n] for env in runs]) for n in nodes}
 
 

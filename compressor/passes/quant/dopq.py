@@ -32,7 +32,7 @@ import torch
 
 from compressor.passes.base import register_pass
 from compressor.passes.quant.quantizers import fake_tan, fake_uniform, search_tan_theta
-from compressor.passes.quant.repq import RepQ, RepQParams
+from compressor.passes.quant.repq import RepQ, RepQParams, reparam_factors
 
 
 class DopQParams(RepQParams):
@@ -69,7 +69,6 @@ class DopQ(RepQ):
 def mosf_error(x: torch.Tensor, d_c: torch.Tensor, z_c: torch.Tensor, d_t: float, z_t: float, qmax: int) -> float:
     """Mean |error| of the layer-wise quantized x' = x/r − b, in x's units (the MAD rule's criterion)."""
     x = x.double().reshape(-1, x.shape[-1])
-    r = d_c / d_t
-    b = (-z_c * d_c) / r + z_t * d_t
+    r, b = reparam_factors(d_c, z_c, d_t, z_t)
     xr = x / r - b
     return float(((fake_uniform(xr, torch.tensor(d_t), torch.tensor(z_t), qmax) - xr) * r).abs().mean())

@@ -198,14 +198,19 @@ def _activation_sites(graph: Graph) -> list[tuple[fx.Node, int]]:
     return sites
 
 
+def reparam_factors(d_c: torch.Tensor, z_c: torch.Tensor, d_t: float, z_t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """§1.5's per-channel (r, b): x' = x/r − b puts channel c's grid (Δ_c, z_c) onto (Δ̃, z̃)."""
+    r = d_c / d_t
+    return r, (-z_c * d_c) / r + z_t * d_t
+
+
 def reparameterize_post_ln(graph: Graph, ln: fx.Node, lin: fx.Node, d_c: torch.Tensor, z_c: torch.Tensor,
                            d_t: float, z_t: float) -> tuple[torch.Tensor, torch.Tensor]:
     """§1.5 on the graph: with per-channel (Δ_c, z_c) of the LN output and the layer-wise target
     (Δ̃, z̃): r = Δ_c/Δ̃, b = m_c/r − m̃ with m = −zΔ. LN: γ' = γ/r, β' = β/r − b; Linear: W' = W·r
     (input columns), bias' = bias + W'b. The float function is unchanged. Returns (r, b)."""
     d_c, z_c = d_c.double(), z_c.double()
-    r = d_c / d_t
-    b = (-z_c * d_c) / r + z_t * d_t
+    r, b = reparam_factors(d_c, z_c, d_t, z_t)
     c = len(d_c)
     gamma, beta = (graph.attr(a).double() if isinstance(a, fx.Node) else torch.full((c,), fill, dtype=torch.float64)
                    for a, fill in zip(layer_norm_args(ln)[2:4], (1.0, 0.0), strict=True))
