@@ -6,8 +6,11 @@ from compressor.errors import CompressorError
 from exporters.base import Artifact, Exporter, atomic_path
 from exporters.onnx import OnnxArtifact, OnnxExporter
 from exporters.torch_program import TorchArtifact, TorchExporter
+from exporters.tvm import TvmArtifact, TvmExporter
 
-EXPORTERS: dict[str, type[Exporter]] = {OnnxExporter.target: OnnxExporter, TorchExporter.target: TorchExporter}
+EXPORTERS: dict[str, type[Exporter]] = {
+    e.target: e for e in (OnnxExporter, TorchExporter, TvmExporter)
+}
 
 
 def get_exporter(name: str) -> Exporter:
@@ -23,5 +26,5 @@ def get_exporter(name: str) -> Exporter:
 
 __all__ = [
     "EXPORTERS", "Artifact", "Exporter", "OnnxArtifact", "OnnxExporter", "TorchArtifact", "TorchExporter",
-    "atomic_path", "get_exporter",
+    "TvmArtifact", "TvmExporter", "atomic_path", "get_exporter",
 ]

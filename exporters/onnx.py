@@ -19,13 +19,14 @@ import torch
 
 from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
-from compressor.passes.quant.ops import ONNX_TRANSLATIONS
+from compressor.passes.quant import intonly, ops
 from exporters.base import Artifact, Exporter, atomic_path
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
 
 OPSET = 18
+TRANSLATIONS = {**ops.ONNX_TRANSLATIONS, **intonly.ONNX_TRANSLATIONS}
 KEPT_METADATA = "namespace"
 
 
@@ -100,7 +101,7 @@ def _quiet_export(gm: torch.nn.Module, example: tuple, opset: int, dynamic: tupl
     try:
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             return torch.onnx.export(gm, example, dynamo=True, opset_version=opset,
-                                     custom_translation_table=ONNX_TRANSLATIONS, dynamic_shapes=dynamic,
+                                     custom_translation_table=TRANSLATIONS, dynamic_shapes=dynamic,
                                      verbose=False, optimize=True)
     except Exception as e:
         log.debug("ONNX export (dynamic=%s) failed: %s\n%s", dynamic is not None, e, sink.getvalue())

@@ -1,0 +1,55 @@
+"""Integer matrix products: int8 × int8 → int32 accumulate (MatMulInteger in ONNX).
+
+Values travel as int64 in the PyTorch graph (so the reference never overflows); the ONNX
+translation casts them to the 8-bit types MatMulInteger takes, which is exact because every
+producer clips to that range first. Post-softmax probabilities are unsigned (0..128).
+"""
+
+from __future__ import annotations
+
+import torch
+from onnxscript import opset18 as op
+
+from compressor.passes.quant.intonly.requant import INT64
+
+INT8, UINT8 = 3, 2
+
+
+@torch.library.custom_op("compressor::int_linear", mutates_args=())
+def int_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x·Wᵀ + b with int8 weight codes and an int32 bias (scale S_x·S_w per output channel)."""
+    return int_linear_kernel(x, weight, bias)
+
+
+def int_linear_kernel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return x @ weight.to(x.dtype).T + bias.to(x.dtype)
+
+
+@int_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _int_linear_onnx(x, weight, bias):
+    acc = op.MatMulInteger(op.Cast(x, to=INT8), op.Transpose(weight, perm=[1, 0]))
+    return op.Add(op.Cast(acc, to=INT64), op.Cast(bias, to=INT64))
+
+
+@torch.library.custom_op("compressor::int_matmul", mutates_args=())
+def int_matmul(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool) -> torch.Tensor:
+    """a @ b of two 8-bit activations (q·kᵀ, attn·v); `a_unsigned` for softmax outputs."""
+    return a @ b
+
+
+@int_matmul.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool) -> torch.Tensor:
+    return a.new_empty((*a.shape[:-1], b.shape[-1]))
+
+
+def _int_matmul_onnx(a, b, a_unsigned: bool):
+    acc = op.MatMulInteger(op.Cast(a, to=UINT8 if a_unsigned else INT8), op.Cast(b, to=INT8))
+    return op.Cast(acc, to=INT64)
+
+
+INT_LINEAR = torch.ops.compressor.int_linear.default
+INT_MATMUL = torch.ops.compressor.int_matmul.default

@@ -1,0 +1,377 @@
+"""`tvm` target: the ONNX file compiled by Apache TVM (relax) into a CPU shared library.
+
+Why hand-written schedules: MetaSchedule crashes in the 0.27 wheel (`tvm.ir.save_json` segfaults,
+so `tune_tir` dies at start) and the CPU dlight rules cover only GEMV and reductions, which leaves
+every matmul as a naive triple loop (~50x slower than ONNX Runtime). `schedule_module` walks the
+fused PrimFuncs, finds matmul-like blocks (one reduction iter, >= 2 spatial iters, `C += A * B`),
+and gives them a register-blocked schedule: the output rows x vector columns tile accumulates in a
+local buffer, the innermost loop is a SIMD vector, the outer tile loop is parallel. Everything else
+gets a parallel outer loop and, where the innermost extent allows, a vectorized inner one.
+
+The library is compiled for this host's CPU (`host_target`): it is not portable to older CPUs.
+
+Integer ONNX: every op of the integer-only ViT set (QuantizeLinear, Cast, MatMulInteger 2-D/4-D and
+u8 x s8, int64 Add/Sub/Mul/Div (truncating)/Mod (fmod=0, floor), Max/Min/Clip, ReduceMax/ReduceSum,
+comparisons, Where, Gather, BitShift on uint64, shape ops, per-axis DequantizeLinear) imports
+through 0.27's `from_onnx` and is bit-exact vs ONNX Runtime, QuantizeLinear's round-half-to-even
+included, so `_rewrite_onnx` only fixes the batch axis. MatMulInteger lowers to int32 x int32
+(inputs cast), and the schedule inlines the casts so the loop reads the int8 tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from compressor.eval.metrics import Runner
+from exporters.base import Artifact, Exporter, atomic_path
+
+if TYPE_CHECKING:
+    from compressor.graph import Graph
+
+_log = logging.getLogger(__name__)
+
+
+def _host_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# TVM sizes its thread pool once, when first used (compiling can be that first use), from
+# TVM_NUM_THREADS or else half the logical CPUs: 1 on a 2-core VM. Size it to every core before
+# tvm can start it; `set_threads` then narrows it per runner.
+os.environ.setdefault("TVM_NUM_THREADS", str(_host_cores()))
+
+
+def host_target() -> dict[str, Any]:
+    """LLVM target for this machine's CPU, by name: TVM 0.27 rejects the "-mcpu=native" string and
+    its bundled LLVM does not resolve "native" for its conda triple, so it would build generic x86."""
+    import tvm.target.codegen as codegen
+
+    cpu = codegen.llvm_get_system_cpu()
+    if not codegen.llvm_is_valid_cpu(cpu, codegen.llvm_get_system_triple()):
+        cpu = "x86-64-v3" if _has_avx2() else "x86-64"
+    return {"kind": "llvm", "mcpu": cpu, "num-cores": _host_cores()}
+
+
+def _has_avx2() -> bool:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        return " avx2" in f.read()
+    return False
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TVM_TARGET":  # lazily: asking LLVM for the host CPU needs tvm imported
+        return host_target()
+    raise AttributeError(name)
+
+
+class TvmArtifact(Artifact):
+    def runner(self, threads: int) -> Runner:
+        return TvmRunner(self.path, int(self.meta["batch"]), threads)
+
+
+class TvmExporter(Exporter):
+    """ONNX (the `onnx` target's file) compiled by TVM for this CPU, with a static batch.
+
+    The batch is the graph's own fixed batch if it has one, else `batch` (1: the latency case);
+    the runner splits and pads other batch sizes.
+    """
+
+    target: ClassVar[str] = "tvm"
+    suffix: ClassVar[str] = ".so"
+    extra: ClassVar[str | None] = "tvm"
+
+    def __init__(self, batch: int = 1) -> None:
+        self.batch = batch
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        try:
+            import tvm  # noqa: F401
+        except ImportError:
+            return False, "TVM is not installed: pip install 'compressor[tvm]'"
+        return True, ""
+
+    def export(self, graph: Graph, path: Path, precision: str) -> TvmArtifact:
+        from exporters.onnx import OnnxExporter
+
+        batch = graph.fixed_batch or self.batch
+        with tempfile.TemporaryDirectory(prefix="tvm-export-") as tmp:
+            onnx_path = OnnxExporter().export(graph, Path(tmp) / "model.onnx", precision).path
+            compile_onnx(onnx_path, path, batch)
+        import tvm
+
+        return TvmArtifact(self.target, path, precision,
+                           {"batch": batch, "target": host_target(), "tvm": tvm.__version__})
+
+
+# ---------------------------------------------------------------- compile and run
+
+def compile_onnx(onnx_path: str | Path, out_path: str | Path, batch: int, schedule: bool = True) -> Path:
+    """Compile an ONNX file with its batch axis fixed to `batch` into a CPU shared library.
+
+    Static shapes because a symbolic batch does not import through Q/DQ in 0.27 ("Reshape expects
+    input with known shape"). The library is written beside `out_path` and renamed into place.
+    """
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = _rewrite_onnx(onnx.load(str(onnx_path)), batch)
+    target = tvm.target.Target(host_target())
+    mod = from_onnx(model, keep_params_in_input=False)
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    with target:
+        mod = tvm.transform.Sequential([
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+        ])(mod)
+        if schedule:
+            mod = schedule_module(mod, target)
+        executable = tvm.compile(mod, target)
+    out = Path(out_path)
+    with atomic_path(out) as tmp:
+        executable.export_library(str(tmp))
+    return out
+
+
+def _rewrite_onnx(model: Any, batch: int) -> Any:
+    """Fix the batch axis of every input, then patch the ops `from_onnx` gets wrong (see module doc)."""
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
+    del model.graph.value_info[:]  # symbolic intermediate shapes; relax infers the static ones
+    for value in model.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
+    return model
+
+
+class TvmRunner:
+    """A compiled library run by the relax VM; batches of any size through a fixed-batch build."""
+
+    def __init__(self, path: str | Path, batch: int, threads: int | None = None) -> None:
+        import tvm
+        from tvm import relax
+
+        if threads:
+            set_threads(threads)
+        self.batch = batch
+        self._device = tvm.cpu()
+        self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), self._device)
+        self._tensor = tvm.runtime.tensor
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = x.shape[0]
+        outs = []
+        for start in range(0, n, self.batch):
+            chunk = x[start:start + self.batch]
+            if len(chunk) < self.batch:  # pad the last chunk; its extra rows are dropped below
+                chunk = np.concatenate([chunk, np.zeros((self.batch - len(chunk), *x.shape[1:]), np.float32)])
+            out = self._vm["main"](self._tensor(chunk, self._device))
+            out = out[0] if not hasattr(out, "numpy") else out
+            outs.append(out.numpy()[: min(self.batch, n - start)])
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def set_threads(threads: int) -> None:
+    """Use `threads` worker threads in TVM's runtime pool.
+
+    `runtime.config_threadpool` can only shrink the pool sized at import (see TVM_NUM_THREADS
+    above); mode 1 ("big cores") is every core on a homogeneous CPU.
+    """
+    import tvm  # noqa: F401  (registers the runtime functions)
+    import tvm_ffi
+
+    tvm_ffi.get_global_func("runtime.config_threadpool")(1, threads)  # 1: kBig, all cores here
+
+
+# ---------------------------------------------------------------- schedules
+
+def schedule_module(mod: Any, target: Any) -> Any:
+    """Schedule every PrimFunc of a legalized, fused IRModule for the CPU `target`.
+
+    A function whose schedule raises keeps its default (correct, slow) loops: a schedule is an
+    optimization, never a reason for an export to fail.
+    """
+    from tvm import s_tir, tirx
+
+    lanes = max(4, _vector_bits(target) // 32)
+    updated = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
+            continue
+        sch = s_tir.Schedule(func)
+        try:
+            _schedule_func(sch, lanes)
+        except Exception as e:  # TVM raises several unrelated error types
+            _log.debug("no schedule for %s: %s", gvar.name_hint, e)
+            continue
+        updated[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    for gvar, func in updated.items():
+        mod[gvar] = func
+    return mod
+
+
+def _vector_bits(target: Any) -> int:
+    import tvm.target.codegen as codegen
+
+    with contextlib.suppress(Exception):
+        return int(codegen.llvm_get_vector_width(target))
+    return 256
+
+
+def _iter_kinds(sch: Any, block: Any) -> str:
+    from tvm import tirx
+
+    kinds = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
+    return "".join(kinds.get(iv.iter_type, "O") for iv in sch.get(block).iter_vars)
+
+
+def _is_matmul(sch: Any, block: Any) -> bool:
+    """A `C[..., i, j] += A[..., i, k] * B[..., k, j]`-like block: S...SR, two inputs, a product."""
+    from tvm import tirx
+
+    stmt = sch.get(block)
+    kinds = _iter_kinds(sch, block)
+    if kinds.count("R") != 1 or not kinds.endswith("R") or kinds.count("S") < 2 or stmt.init is None:
+        return False
+    store = stmt.body
+    if not isinstance(store, tirx.BufferStore) or not isinstance(store.value, tirx.Add):
+        return False
+    reads = [r for r in stmt.reads if not r.source.same_as(store.buffer.data)]
+    return len(reads) == 2 and isinstance(_strip_casts(store.value.b), tirx.Mul)
+
+
+def _strip_casts(expr: Any) -> Any:
+    from tvm import tirx
+
+    while isinstance(expr, tirx.Cast):
+        expr = expr.value
+    return expr
+
+
+def _schedule_func(sch: Any, lanes: int) -> None:
+    root = sch.get_sblock("root") if _has_root(sch) else None
+    blocks = sch.get_child_blocks(root) if root is not None else []
+    matmuls = [b for b in blocks if _is_matmul(sch, b)]
+    if len(matmuls) == 1:
+        _schedule_matmul(sch, matmuls[0], lanes)
+    elif not matmuls:
+        _schedule_other(sch, blocks, lanes)
+    else:
+        raise _NotApplicable("several matmuls in one function")
+
+
+def _has_root(sch: Any) -> bool:
+    try:
+        sch.get_sblock("root")
+    except Exception:
+        return False
+    return True
+
+
+class _NotApplicable(Exception):
+    """The function is outside what the hand-written schedules handle; keep its default loops."""
+
+
+def _extent(sch: Any, loop: Any) -> int | None:
+    from tvm import tirx
+
+    ext = sch.get(loop).extent
+    return int(ext.value) if isinstance(ext, tirx.IntImm) else None
+
+
+def _schedule_matmul(sch: Any, block: Any, lanes: int) -> None:
+    """Register-blocked matmul: rows x (vectors x lanes) accumulators, k innermost-but-two.
+
+    Loop order per output: [batch.., j0, i0] (parallel, fused), k, i1 (unrolled), j1 (unrolled),
+    j2 (vector). j0 outside i0 keeps one K x tile panel of B hot in cache across row tiles.
+    Every other non-output block is inlined first: producers (int8 -> int32 casts, transposes) so
+    the loop reads the narrow type, and epilogue intermediates so a single elementwise block is left
+    to fold into the tile's write-back (reverse-inlining a block with two intermediate inputs, as in
+    GELU's `x * erf(x)`, drops an allocation in 0.27).
+    """
+    for other in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
+        if not sch.get(other).same_as(sch.get(block)):
+            with contextlib.suppress(Exception):
+                sch.compute_inline(other)
+    n_spatial = len(sch.get(block).iter_vars) - 1
+    loops = sch.get_loops(block)
+    m, n = _extent(sch, loops[n_spatial - 2]), _extent(sch, loops[n_spatial - 1])
+    if m is None or n is None:
+        raise _NotApplicable("dynamic matmul shape")
+    nv = 2 if n >= 2 * lanes else 1
+    mr = 4 if nv == 2 else 6
+    if n % lanes:
+        # Pad rows and columns to whole tiles: a column tail would scalarize the vector loop, and
+        # padding only the columns makes reverse_compute_inline drop the row predicate (0.27 bug).
+        pad = [1] * (n_spatial + 1)
+        pad[n_spatial - 2], pad[n_spatial - 1] = mr, nv * lanes
+        sch.pad_einsum(block, pad)
+        for producer in sch.get_producers(block):  # the zero-padded copies of the inputs
+            with contextlib.suppress(Exception):
+                _parallel_vector(sch, producer, lanes)
+    acc = sch.cache_write(block, 0, "local")
+    *batch, i, j, k = sch.get_loops(block)
+    i0, i1 = sch.split(i, [None, mr])
+    j0, j1, j2 = sch.split(j, [None, nv, lanes])
+    sch.reorder(*batch, j0, i0, k, i1, j1, j2)
+    outer = sch.fuse(*batch, j0, i0)
+    sch.parallel(outer)
+    sch.reverse_compute_at(acc, outer)
+    sch.unroll(i1)
+    sch.unroll(j1)
+    sch.vectorize(j2)
+    sch.decompose_reduction(block, k)  # last: the loop primitives above need the block's init
+    # the write-back tile, with the elementwise epilogue folded in, is contiguous in its last axis
+    consumers = sch.get_consumers(acc)
+    if len(consumers) == 1:
+        with contextlib.suppress(Exception):
+            sch.reverse_compute_inline(consumers[0])
+    _vectorize_inner(sch, acc, lanes)
+
+
+def _vectorize_inner(sch: Any, block: Any, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    ext = _extent(sch, loops[-1])
+    if ext is None or ext < lanes:
+        return
+    if ext % lanes == 0:
+        _, inner = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(inner)
+
+
+def _schedule_other(sch: Any, blocks: list[Any], lanes: int) -> None:
+    """Injective and reduction blocks: parallel over the leading spatial loops, vector innermost."""
+    for block in blocks:
+        _parallel_vector(sch, block, lanes)
+
+
+def _parallel_vector(sch: Any, block: Any, lanes: int) -> None:
+    kinds = _iter_kinds(sch, block)
+    loops = sch.get_loops(block)
+    if len(loops) != len(kinds) or not kinds.startswith("S"):
+        return  # not a plain loop nest (already scheduled, or opaque)
+    if "R" not in kinds and len(loops) > 1:
+        with contextlib.suppress(Exception):
+            _vectorize_inner(sch, block, lanes)
+        loops = sch.get_loops(block)
+        loops = loops[: len(kinds) - 1]
+    else:
+        loops = loops[: len(kinds) - len(kinds.lstrip("S"))]
+    if loops:
+        sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
