@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from onnxscript import opset18 as op
 
@@ -126,12 +127,14 @@ class OnnxArith(Arith):
         return op.ReduceSum(a, op.Constant(value_ints=[-1]), keepdims=1)
 
     def pow2(self, e):
-        return op.Gather(op.Constant(value_ints=[2**i for i in range(POW2_BITS)]), e)
+        one = op.Constant(value=onnx.helper.make_tensor("one", onnx.TensorProto.UINT64, [], [1]))
+        return op.Cast(op.BitShift(one, op.Cast(e, to=onnx.TensorProto.UINT64), direction="LEFT"),
+                       to=onnx.TensorProto.INT64)
 
     def bit_length(self, a):
         table = op.Constant(value_ints=[2**i for i in range(POW2_BITS)])
         above = op.GreaterOrEqual(op.Unsqueeze(a, op.Constant(value_ints=[-1])), table)
-        return op.ReduceSum(op.Cast(above, to=7), op.Constant(value_ints=[-1]), keepdims=0)  # INT64
+        return op.ReduceSum(op.Cast(above, to=onnx.TensorProto.INT64), op.Constant(value_ints=[-1]), keepdims=0)
 
 
 TORCH = TorchArith()

@@ -1,0 +1,135 @@
+"""Integer-only ViT bench (issue 4): accuracy and bit-exactness of the integer artifacts on the MNIST
+ViT, and latency of integer-only vs float vs Q/DQ in ONNX Runtime and TVM on a ViT-Small.
+
+Accuracy table: top-1 on the 1000 MNIST test digits of the float model, the int64 reference
+(`graph(x)`), the float64 simulation, the ONNX Runtime integer artifact and the TVM integer
+artifact, plus whether each artifact's logits equal the reference bit for bit on all 1000 —
+for PTQ and after `--finetune-steps` of STE fine-tuning, at W8A8 and W4A8.
+
+Latency table: the same run, interleaved, batch 1 and 8, 2 threads, a ViT-Small (224, patch
+16, embed 384, depth 12, random weights, calibrated on crops of the bundled photographs):
+TVM integer-only, TVM float, ORT float, ORT Q/DQ (int8-ptq), ORT integer-only.
+
+    python benches/int_only.py [--finetune-steps 100] [--skip-latency] [--skip-accuracy] [--md FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compressor import zoo
+from compressor.data import IMAGENET_MEAN, IMAGENET_STD, DataSource, Preprocess, open_source
+from compressor.eval.latency import measure
+from compressor.graph import capture
+from compressor.io import load_model
+from compressor.passes import PASSES, PassContext
+from compressor.passes.quant.int_only import simulate
+from compressor.progress import Progress
+from exporters.onnx import OnnxExporter
+from exporters.tvm import TvmExporter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def top1(logits: np.ndarray, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y.numpy()).mean() * 100)
+
+
+def accuracy_rows(finetune_steps: int, work: Path) -> list[str]:
+    loaded = load_model(ROOT / "vit_mnist.pt")
+    model, spec = loaded.module.eval(), Preprocess(**loaded.preprocess.model_dump())
+    calib = open_source(ROOT / "calibration_data/mnist/calib", spec)
+    x, y = map(torch.cat, zip(*open_source(ROOT / "calibration_data/mnist/test", spec).batches(1000), strict=True))
+    with torch.no_grad():
+        base = top1(model(x).numpy(), y)
+    lines = [f"**MNIST ViT, 1000 test digits** (FP32 top-1 {base:.2f}; target: within 0.5)", "",
+             "| variant | pass s | int64 reference | float64 sim = ref | ORT integer | ORT = ref | TVM integer "
+             "| TVM = ref |", "|---|---|---|---|---|---|---|---|"]
+    for w_bits in (8, 4):
+        for steps in (0, finetune_steps):
+            graph, teacher = capture(model, x[:2]), capture(model, x[:2])
+            params = PASSES["quant.intonly"].Params(w_bits=w_bits, finetune_steps=steps)
+            start = time.perf_counter()
+            PASSES["quant.intonly"](params).run(graph, PassContext(calib=calib, teacher=teacher))
+            seconds = time.perf_counter() - start
+            ref = graph(x).numpy()
+            sim_equal = np.array_equal(simulate(graph, x).numpy(), ref)
+            onnx_run = OnnxExporter().export(graph, work / "int.onnx", "int-only").runner(2)
+            ort = np.concatenate([onnx_run(b.numpy()) for b in x.split(250)])
+            tvm = TvmExporter(batch=8).export(graph, work / "int.so", "int-only").runner(2)(x.numpy())
+            label = f"W{w_bits}A8 " + (f"+ {steps}-step fine-tune" if steps else "PTQ")
+            lines.append(f"| {label} | {seconds:.0f} | {top1(ref, y):.2f} | {sim_equal} | {top1(ort, y):.2f} | "
+                         f"{np.array_equal(ort, ref)} | {top1(tvm, y):.2f} | {np.array_equal(tvm, ref)} |")
+            print(lines[-1], flush=True)
+            if not finetune_steps:
+                break
+    return lines
+
+
+def photo_source(n: int, seed: int) -> DataSource:
+    from spine import photo_crops  # benches/ is the script directory
+
+    pre = Preprocess(size=(224, 224), channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return DataSource("photos", photo_crops(n, seed=seed), preprocess=pre)
+
+
+def latency_rows(work: Path, runs: int) -> list[str]:
+    torch.manual_seed(0)
+    model = zoo.build("deit_small_patch16_224").eval()
+    calib = photo_source(16, 0)
+    example = next(calib.batches(2))[0]
+    float_graph = capture(model, example)
+    int_graph, qdq_graph = capture(model, example), capture(model, example)
+    PASSES["quant.intonly"]().run(int_graph, PassContext(calib=calib, calib_batch_size=8))
+    PASSES["quant.int8_ptq"]().run(qdq_graph, PassContext(calib=calib, calib_batch_size=8))
+    onnx = OnnxExporter()
+    runners = {"ORT float": onnx.export(float_graph, work / "f.onnx", "fp32").runner(2),
+               "ORT Q/DQ int8": onnx.export(qdq_graph, work / "q.onnx", "int8").runner(2),
+               "ORT integer-only": onnx.export(int_graph, work / "i.onnx", "int-only").runner(2)}
+    table: dict[str, dict[int, float]] = {}
+    for batch in (1, 8):
+        start = time.perf_counter()
+        tvm = {"TVM float": TvmExporter(batch).export(float_graph, work / f"f{batch}.so", "fp32").runner(2),
+               "TVM integer-only": TvmExporter(batch).export(int_graph, work / f"i{batch}.so", "int-only").runner(2)}
+        print(f"TVM compile, batch {batch}: {time.perf_counter() - start:.0f} s", flush=True)
+        res = measure({**tvm, **runners}, (batch, 3, 224, 224), [batch], warmup=3, runs=runs, progress=Progress(False))
+        for name, by_batch in res.items():
+            table.setdefault(name, {})[batch] = by_batch[batch]["median"]
+    lines = ["**ViT-Small 224 (random weights), median ms, 2 threads, same run, interleaved**", "",
+             "| artifact | b1 ms | b8 ms | vs TVM float (b1 / b8) | vs ORT float (b1 / b8) |", "|---|---|---|---|---|"]
+    for name, t in table.items():
+        lines.append(f"| {name} | {t[1]:.1f} | {t[8]:.1f} | {t[1] / table['TVM float'][1]:.2f} / "
+                     f"{t[8] / table['TVM float'][8]:.2f} | {t[1] / table['ORT float'][1]:.2f} / "
+                     f"{t[8] / table['ORT float'][8]:.2f} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--finetune-steps", type=int, default=100)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--md", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    out: list[str] = []
+    with tempfile.TemporaryDirectory() as d:
+        if not args.skip_accuracy:
+            out += [*accuracy_rows(args.finetune_steps, Path(d)), ""]
+        if not args.skip_latency:
+            out += latency_rows(Path(d), args.runs)
+    text = "\n".join(out)
+    print(text)
+    if args.md:
+        args.md.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
