@@ -299,12 +299,12 @@ class Lowering:
         bits = self.p.residual_bits
         scale = self.scale_of(n, bits)
         lo, hi = int_range(bits)
-        ma, da = self.multiplier(a.scale / scale, n.name)
+        ma, ea = self.multiplier(a.scale / scale, n.name)
         if isinstance(b, Const):
-            bnode, mb, db = self.emit_const(b, scale, bits), *self.multiplier(np.array(1.0), n.name)
+            bnode, mb, eb = self.emit_const(b, scale, bits), *self.multiplier(np.array(1.0), n.name)
         else:
-            bnode, (mb, db) = b.node, self.multiplier(b.scale / scale, n.name)
-        return Int(self.call(INT_ADD, a.node, ma, da, bnode, mb, db, lo, hi), np.array(scale), bits, n)
+            bnode, (mb, eb) = b.node, self.multiplier(b.scale / scale, n.name)
+        return Int(self.call(INT_ADD, a.node, ma, ea, bnode, mb, eb, lo, hi), np.array(scale), bits, n)
 
     def lower_cat(self, n: fx.Node) -> Int:
         parts = [self.env[v] for v in n.args[0]]
@@ -330,9 +330,9 @@ class Lowering:
 
     def requant(self, x: Int, bits: int, src: fx.Node) -> Int:
         scale = self.scale_of(src, bits)
-        m, div = self.multiplier(x.scale / scale, src.name)
+        m, e = self.multiplier(x.scale / scale, src.name)
         lo, hi = int_range(bits)
-        return Int(self.call(REQUANTIZE, x.node, m, div, lo, hi), np.array(scale), bits, x.src)
+        return Int(self.call(REQUANTIZE, x.node, m, e, lo, hi), np.array(scale), bits, x.src)
 
     def scale_of(self, n: fx.Node, bits: int) -> float:
         if n not in self.amax:
@@ -343,7 +343,7 @@ class Lowering:
         m, e = dyadic(ratio)
         shape = () if np.asarray(ratio).size == 1 else (m.size,)
         return (self.buffer(f"{name}_m", torch.tensor(m.reshape(shape))),
-                self.buffer(f"{name}_div", torch.tensor((2 ** e.astype(object)).astype(np.int64).reshape(shape))))
+                self.buffer(f"{name}_shift", torch.tensor(e.reshape(shape))))
 
     def emit_const(self, c: Const, scale: float, bits: int) -> fx.Node:
         lo, hi = int_range(bits)
@@ -447,8 +447,8 @@ def _smooth_layernorm(x: torch.Tensor, bias: torch.Tensor, c: int) -> torch.Tens
 
 #: Differentiable stand-ins, in the integer units of each op's output (S from ShiftExp's x0 ≈ −1/S).
 SMOOTH: dict[Any, Callable[..., torch.Tensor]] = {
-    REQUANTIZE: lambda x, m, div, lo, hi: torch.clamp(x * m / div, lo, hi),
-    INT_ADD: lambda x, mx, dx, y, my, dy, lo, hi: torch.clamp(x * mx / dx + y * my / dy, lo, hi),
+    REQUANTIZE: lambda x, m, e, lo, hi: torch.clamp(x * m * 2.0**-e, lo, hi),
+    INT_ADD: lambda x, mx, ex, y, my, ey, lo, hi: torch.clamp(x * mx * 2.0**-ex + y * my * 2.0**-ey, lo, hi),
     SHIFTMAX: lambda x, x0, n, bits: torch.softmax(x / -x0, -1) * 2.0 ** (bits - 1),
     SHIFTGELU: lambda x, x0, n, bits: x * torch.sigmoid(x / -x0) * 2.0 ** (bits - 1),
     I_LAYERNORM: _smooth_layernorm,

@@ -36,7 +36,7 @@ ONNX_TRANSLATIONS = {
 #: float64 versions of each op (same kernel, TorchArith on float64): what `simulate` runs.
 SIMULATIONS = {
     QUANTIZE_INPUT: lambda x, scale: QUANTIZE_INPUT(x, scale).double(),
-    REQUANTIZE: lambda x, m, div, lo, hi: requantize_kernel(TORCH, x, m, div, lo, hi),
+    REQUANTIZE: lambda x, m, e, lo, hi: requantize_kernel(TORCH, x, m, e, lo, hi),
     INT_ADD: lambda *args: int_add_kernel(TORCH, *args),
     DEQUANTIZE_OUTPUT: lambda x, scale: x.float() * scale,
     INT_LINEAR: int_linear_kernel,

@@ -7,9 +7,10 @@ integer operators (onnxscript) for the exported artifact. One source per kernel 
 cannot drift apart; the tests check that the float64 run equals the int64 run bit for bit, which
 holds because every intermediate stays below 2^53 (the bounds are argued in each kernel).
 
-Division is floor division throughout (an arithmetic right shift for powers of two), and
-rounding is round-half-up, `floor((a + d/2) / d)`, which is what integer hardware does; I-ViT's
-float32 reference rounds half to even, which differs only on exact ties (methods.md §2.4).
+Division is floor division throughout, an arithmetic right shift for powers of two (ONNX's
+Mod/Div pair cost half the integer graph's time in ONNX Runtime before the shifts), and rounding
+is round-half-up, `(a + 2^(k−1)) >> k`, which is what integer hardware does; I-ViT's float32
+reference rounds half to even, which differs only on exact ties (methods.md §2.4).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from onnxscript import opset18 as op
 
 POW2_BITS = 63  # 2^0 .. 2^62: every power an int64 holds
+OFFSET_BITS = 62
+OFFSET = 2**OFFSET_BITS  # makes values non-negative for ONNX's unsigned BitShift
 INT32_MAX = 2**31 - 1
 
 
@@ -40,9 +43,21 @@ class Arith:
     def pow2(self, e: Any) -> Any: ...
     def bit_length(self, a: Any) -> Any: ...
 
-    def round_div(self, a: Any, d: Any) -> Any:
+    def shift_right(self, a: Any, k: Any) -> Any:
+        """floor(a / 2^k): an arithmetic right shift (k an int or one per last-axis channel)."""
+
+    def div_nonneg(self, a: Any, b: Any) -> Any:
+        """a / b where the quotient is known ≥ 0, so truncation is floor: one ONNX Div, no Mod."""
+        return self.floor_div(a, b)
+
+    def round_div(self, a: Any, d: int) -> Any:
         """round(a / d) for d > 0, ties up."""
-        return self.floor_div(self.add(a, self.floor_div(d, 2)), d)
+        return self.floor_div(self.add(a, d // 2), d)
+
+    def round_shift(self, a: Any, k: Any) -> Any:
+        """round(a / 2^k), ties up: the dyadic rescale's rounding."""
+        half = (1 << k) >> 1 if isinstance(k, int) else self.shift_right(self.pow2(k), 1)
+        return self.shift_right(self.add(a, half), k)
 
 
 class TorchArith(Arith):
@@ -70,6 +85,11 @@ class TorchArith(Arith):
 
     def clip(self, a, lo, hi):
         return torch.clamp(a, lo, hi)
+
+    def shift_right(self, a, k):
+        if not a.is_floating_point():
+            return a >> k
+        return torch.floor(a / (2.0**k if isinstance(k, int) else self.pow2(k.to(a.dtype))))
 
     def row_max(self, a):
         return a.amax(-1, keepdim=True)
@@ -111,6 +131,9 @@ class OnnxArith(Arith):
         a, b = self.c(a), self.c(b)
         return op.Div(op.Sub(a, op.Mod(a, b, fmod=0)), b)
 
+    def div_nonneg(self, a, b):
+        return op.Div(self.c(a), self.c(b))
+
     def minimum(self, a, b):
         return op.Min(self.c(a), self.c(b))
 
@@ -119,6 +142,16 @@ class OnnxArith(Arith):
 
     def clip(self, a, lo, hi):
         return op.Clip(a, self.c(lo), self.c(hi))
+
+    def shift_right(self, a, k):
+        """ONNX's BitShift takes unsigned types only: shift a + 2^62 (≥ 0 for every value the
+        kernels produce, all below 2^53 in magnitude) and take 2^(62−k) back off."""
+        if isinstance(k, int) and k == 0:
+            return a
+        u64 = onnx.TensorProto.UINT64
+        k = self.c(k)
+        shifted = op.BitShift(op.Cast(op.Add(a, self.c(OFFSET)), to=u64), op.Cast(k, to=u64), direction="RIGHT")
+        return op.Sub(op.Cast(shifted, to=onnx.TensorProto.INT64), self.pow2(op.Sub(self.c(OFFSET_BITS), k)))
 
     def row_max(self, a):
         return op.ReduceMax(a, op.Constant(value_ints=[-1]), keepdims=1)
@@ -158,6 +191,6 @@ def dyadic(ratio: np.ndarray | float, bits: int = 24) -> tuple[np.ndarray, np.nd
     return m, np.minimum(e, POW2_BITS - 1)
 
 
-def requantize_kernel(a: Arith, x: Any, m: Any, div: Any, lo: int, hi: int) -> Any:
-    """round(x·m / 2^e) clipped to [lo, hi], with `div` = 2^e (a scalar or one per last-axis channel)."""
-    return a.clip(a.round_div(a.mul(x, m), div), lo, hi)
+def requantize_kernel(a: Arith, x: Any, m: Any, e: Any, lo: int, hi: int) -> Any:
+    """round(x·m / 2^e) clipped to [lo, hi]; m and e scalars or one per last-axis channel."""
+    return a.clip(a.round_shift(a.mul(x, m), e), lo, hi)

@@ -26,17 +26,17 @@ FRACTION_BITS = 15
 
 def isqrt(a: Arith, v: Any) -> Any:
     """floor(√v) for 0 < v < 2^62, and 1 for v = 0."""
-    k = a.pow2(a.floor_div(a.add(a.bit_length(v), 1), 2))
+    k = a.pow2(a.shift_right(a.add(a.bit_length(v), 1), 1))
     for _ in range(NEWTON_STEPS):
-        k = a.maximum(a.minimum(k, a.floor_div(a.add(k, a.floor_div(v, k)), 2)), 1)
+        k = a.maximum(a.minimum(k, a.shift_right(a.add(k, a.div_nonneg(v, k)), 1)), 1)
     return k
 
 
 def i_layernorm_kernel(a: Arith, x: Any, bias: Any, c: int) -> Any:
     y = a.sub(x, a.round_div(a.row_sum(x), c))
     sigma = isqrt(a, a.row_sum(a.mul(y, y)))
-    factor = a.floor_div(INT32_MAX, sigma)
-    return a.add(a.floor_div(a.mul(y, factor), 2 ** (31 - FRACTION_BITS)), bias)
+    factor = a.div_nonneg(INT32_MAX, sigma)
+    return a.add(a.shift_right(a.mul(y, factor), 31 - FRACTION_BITS), bias)
 
 
 def output_scale(gamma: torch.Tensor) -> torch.Tensor:

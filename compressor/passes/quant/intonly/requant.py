@@ -39,39 +39,39 @@ def _int8_zero():
 
 
 @torch.library.custom_op("compressor::requantize", mutates_args=())
-def requantize(x: torch.Tensor, m: torch.Tensor, div: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """Dyadic rescale round(x·m / div), div = 2^e, per tensor or per last-axis channel; clipped."""
-    return requantize_kernel(TORCH, x, m, div, lo, hi)
+def requantize(x: torch.Tensor, m: torch.Tensor, e: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Dyadic rescale round(x·m / 2^e), per tensor or per last-axis channel; clipped."""
+    return requantize_kernel(TORCH, x, m, e, lo, hi)
 
 
 @requantize.register_fake
-def _(x: torch.Tensor, m: torch.Tensor, div: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+def _(x: torch.Tensor, m: torch.Tensor, e: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return torch.empty_like(x)
 
 
-def _requantize_onnx(x, m, div, lo: int, hi: int):
-    return requantize_kernel(OnnxArith(), x, m, div, lo, hi)
+def _requantize_onnx(x, m, e, lo: int, hi: int):
+    return requantize_kernel(OnnxArith(), x, m, e, lo, hi)
 
 
-def int_add_kernel(a: Arith, x, mx, dx, y, my, dy, lo: int, hi: int):
+def int_add_kernel(a: Arith, x, mx, ex, y, my, ey, lo: int, hi: int):
     """Residual add on a common scale: each branch rescaled on its own, summed, then clipped."""
-    return a.clip(a.add(a.round_div(a.mul(x, mx), dx), a.round_div(a.mul(y, my), dy)), lo, hi)
+    return a.clip(a.add(a.round_shift(a.mul(x, mx), ex), a.round_shift(a.mul(y, my), ey)), lo, hi)
 
 
 @torch.library.custom_op("compressor::int_add", mutates_args=())
-def int_add(x: torch.Tensor, mx: torch.Tensor, dx: torch.Tensor, y: torch.Tensor, my: torch.Tensor,
-            dy: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+def int_add(x: torch.Tensor, mx: torch.Tensor, ex: torch.Tensor, y: torch.Tensor, my: torch.Tensor,
+            ey: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """I-ViT's dyadic add: both branches brought to the output scale, then added (§2.4, item 4)."""
-    return int_add_kernel(TORCH, x, mx, dx, y, my, dy, lo, hi)
+    return int_add_kernel(TORCH, x, mx, ex, y, my, ey, lo, hi)
 
 
 @int_add.register_fake
-def _(x, mx, dx, y, my, dy, lo: int, hi: int) -> torch.Tensor:
+def _(x, mx, ex, y, my, ey, lo: int, hi: int) -> torch.Tensor:
     return torch.empty_like(x)
 
 
-def _int_add_onnx(x, mx, dx, y, my, dy, lo: int, hi: int):
-    return int_add_kernel(OnnxArith(), x, mx, dx, y, my, dy, lo, hi)
+def _int_add_onnx(x, mx, ex, y, my, ey, lo: int, hi: int):
+    return int_add_kernel(OnnxArith(), x, mx, ex, y, my, ey, lo, hi)
 
 
 @torch.library.custom_op("compressor::dequantize_output", mutates_args=())

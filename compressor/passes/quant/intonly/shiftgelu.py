@@ -27,7 +27,7 @@ def shiftgelu_kernel(a: Arith, x: Any, x0: int, n: int, bits: int) -> Any:
     m = a.maximum(x, 0)
     num = shift_exp(a, a.sub(x, m), x0, n)
     den = a.minimum(a.add(num, shift_exp(a, a.sub(0, m), x0, n)), INT32_MAX)
-    sigmoid = a.floor_div(a.mul(num, a.floor_div(INT32_MAX, den)), 2 ** (32 - bits))
+    sigmoid = a.shift_right(a.mul(num, a.div_nonneg(INT32_MAX, den)), 32 - bits)
     return a.mul(x, sigmoid)
 
 

@@ -33,19 +33,19 @@ def shift_exp_n(x0: int, terms: int, max_n: int = SHIFTMAX_N) -> int:
 
 def shift_exp(a: Arith, x: Any, x0: int, n: int) -> Any:
     """2^n · e^(x·S) in integers for x ≤ 0, where x0 = floor(−1/S) < 0 represents −1.0."""
-    x = a.sub(a.add(x, a.floor_div(x, 2 ** LOG2E_SHIFTS[0])), a.floor_div(x, 2 ** LOG2E_SHIFTS[1]))
+    x = a.sub(a.add(x, a.shift_right(x, LOG2E_SHIFTS[0])), a.shift_right(x, LOG2E_SHIFTS[1]))
     x = a.maximum(x, n * x0)
-    q = a.floor_div(x, x0)  # ≥ 0: the integer part of −x·S·log2 e
+    q = a.div_nonneg(x, x0)  # x ≤ 0, x0 < 0: the integer part of −x·S·log2 e
     r = a.sub(x, a.mul(q, x0))  # in (x0, 0]: the fraction, in units of S
-    p = a.sub(a.floor_div(r, 2), x0)  # 2^(r·S) ≈ 1 + r·S/2, in units of S
+    p = a.sub(a.shift_right(r, 1), x0)  # 2^(r·S) ≈ 1 + r·S/2, in units of S
     return a.mul(p, a.pow2(a.sub(n, q)))
 
 
 def shiftmax_kernel(a: Arith, x: Any, x0: int, n: int, bits: int) -> Any:
     e = shift_exp(a, a.sub(x, a.row_max(x)), x0, n)
     total = a.minimum(a.row_sum(e), INT32_MAX)
-    factor = a.floor_div(INT32_MAX, total)
-    return a.floor_div(a.mul(e, factor), 2 ** (32 - bits))
+    factor = a.div_nonneg(INT32_MAX, total)
+    return a.shift_right(a.mul(e, factor), 32 - bits)
 
 
 @torch.library.custom_op("compressor::shiftmax", mutates_args=())
