@@ -10,7 +10,8 @@ Latency table: the same run, interleaved, batch 1 and 8, 2 threads, a ViT-Small 
 16, embed 384, depth 12, random weights, calibrated on crops of the bundled photographs):
 TVM integer-only, TVM float, ORT float, ORT Q/DQ (int8-ptq), ORT integer-only.
 
-    python benches/int_only.py [--finetune-steps 100] [--skip-latency] [--skip-accuracy] [--md FILE]
+    python benches/int_only.py [--finetune-steps 100] [--w-bits 8,4] [--skip-latency] [--skip-accuracy]
+                               [--md FILE]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def top1(logits: np.ndarray, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y.numpy()).mean() * 100)
 
 
-def accuracy_rows(finetune_steps: int, work: Path) -> list[str]:
+def accuracy_rows(finetune_steps: int, w_bits_list: list[int], work: Path) -> list[str]:
     loaded = load_model(ROOT / "vit_mnist.pt")
     model, spec = loaded.module.eval(), Preprocess(**loaded.preprocess.model_dump())
     calib = open_source(ROOT / "calibration_data/mnist/calib", spec)
@@ -51,7 +52,7 @@ def accuracy_rows(finetune_steps: int, work: Path) -> list[str]:
     lines = [f"**MNIST ViT, 1000 test digits** (FP32 top-1 {base:.2f}; target: within 0.5)", "",
              "| variant | pass s | int64 reference | float64 sim = ref | ORT integer | ORT = ref | TVM integer "
              "| TVM = ref |", "|---|---|---|---|---|---|---|---|"]
-    for w_bits in (8, 4):
+    for w_bits in w_bits_list:
         for steps in (0, finetune_steps):
             graph, teacher = capture(model, x[:2]), capture(model, x[:2])
             params = PASSES["quant.intonly"].Params(w_bits=w_bits, finetune_steps=steps)
@@ -114,6 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--w-bits", default="8,4", help="weight widths of the accuracy rows")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--md", type=Path)
@@ -122,7 +124,7 @@ def main() -> None:
     out: list[str] = []
     with tempfile.TemporaryDirectory() as d:
         if not args.skip_accuracy:
-            out += [*accuracy_rows(args.finetune_steps, Path(d)), ""]
+            out += [*accuracy_rows(args.finetune_steps, [int(b) for b in args.w_bits.split(",")], Path(d)), ""]
         if not args.skip_latency:
             out += latency_rows(Path(d), args.runs)
     text = "\n".join(out)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -170,7 +171,7 @@ class TvmRunner:
             set_threads(threads)
         self.batch = batch
         self._device = tvm.cpu()
-        self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), self._device)
+        self._vm = relax.VirtualMachine(_load_fresh(Path(path)), self._device)
         self._tensor = tvm.runtime.tensor
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -185,6 +186,17 @@ class TvmRunner:
             out = out[0] if not hasattr(out, "numpy") else out
             outs.append(out.numpy()[: min(self.batch, n - start)])
         return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def _load_fresh(path: Path) -> Any:
+    """Load a private copy: dlopen caches by file name, so loading a re-exported `model.so` in the
+    same process would silently return the library loaded first (a W8 model run as the W4 one)."""
+    import tvm
+
+    with tempfile.TemporaryDirectory() as d:
+        copy = Path(d) / f"{os.getpid()}_{id(path)}_{path.name}"
+        shutil.copyfile(path, copy)
+        return tvm.runtime.load_module(str(copy))  # mapped into memory: the file may go now
 
 
 def set_threads(threads: int) -> None:

@@ -206,3 +206,10 @@ def test_intonly_tvm_artifact_is_bit_exact(vit_tiny, mnist_calib_tensor, tmp_pat
     x = mnist_calib_tensor[32:45]  # 13 rows through a batch-4 library: padding and splitting included
     out = TvmExporter(batch=4).export(graph, tmp_path / "int.so", "int-only").runner(2)(x.numpy())
     assert np.array_equal(out, graph(x).numpy())
+    # re-exported to the same file in the same process (dlopen caches by name): the new model runs
+    for node in graph.nodes:
+        if node.target is intonly.INT_LINEAR:
+            codes = graph.gm.get_buffer(str(node.args[1].target))
+            codes.copy_(-codes)
+    out2 = TvmExporter(batch=4).export(graph, tmp_path / "int.so", "int-only").runner(2)(x.numpy())
+    assert np.array_equal(out2, graph(x).numpy()) and not np.array_equal(out2, out)
