@@ -134,11 +134,17 @@ class OnnxArith(Arith):
     def div_nonneg(self, a, b):
         return op.Div(self.c(a), self.c(b))
 
+    # Clip for a constant bound and Where for two tensors: TVM's ONNX importer turns Min/Max into
+    # broadcast + stack + reduce, which was the integer graph's most expensive TVM kernel.
     def minimum(self, a, b):
-        return op.Min(self.c(a), self.c(b))
+        if isinstance(a, int):
+            a, b = b, a
+        return op.Clip(a, None, self.c(b)) if isinstance(b, int) else op.Where(op.Less(a, b), a, b)
 
     def maximum(self, a, b):
-        return op.Max(self.c(a), self.c(b))
+        if isinstance(a, int):
+            a, b = b, a
+        return op.Clip(a, self.c(b)) if isinstance(b, int) else op.Where(op.Greater(a, b), a, b)
 
     def clip(self, a, lo, hi):
         return op.Clip(a, self.c(lo), self.c(hi))
