@@ -50,6 +50,10 @@ class Arith:
         """a / b where the quotient is known ≥ 0, so truncation is floor: one ONNX Div, no Mod."""
         return self.floor_div(a, b)
 
+    def per_row(self, a: Any) -> Any:
+        """Mark a per-row value (last axis of size 1) as computed once per row (see OnnxArith)."""
+        return a
+
     def round_div(self, a: Any, d: int) -> Any:
         """round(a / d) for d > 0, ties up."""
         return self.floor_div(self.add(a, d // 2), d)
@@ -133,6 +137,12 @@ class OnnxArith(Arith):
 
     def div_nonneg(self, a, b):
         return op.Div(self.c(a), self.c(b))
+
+    def per_row(self, a):
+        """An identity ReduceMax over the size-1 last axis. TVM fuses injective row computations
+        into their per-element consumer, so I-LayerNorm's eight Newton steps ran once per element
+        (C times per row); a reduction is a fusion boundary, so they run once per row."""
+        return op.ReduceMax(a, op.Constant(value_ints=[-1]), keepdims=1)
 
     # Clip for a constant bound and Where for two tensors: TVM's ONNX importer turns Min/Max into
     # broadcast + stack + reduce, which was the integer graph's most expensive TVM kernel.

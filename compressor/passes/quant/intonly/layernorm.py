@@ -35,7 +35,7 @@ def isqrt(a: Arith, v: Any) -> Any:
 def i_layernorm_kernel(a: Arith, x: Any, bias: Any, c: int) -> Any:
     y = a.sub(x, a.round_div(a.row_sum(x), c))
     sigma = isqrt(a, a.row_sum(a.mul(y, y)))
-    factor = a.div_nonneg(INT32_MAX, sigma)
+    factor = a.per_row(a.div_nonneg(INT32_MAX, sigma))
     return a.add(a.shift_right(a.mul(y, factor), 31 - FRACTION_BITS), bias)
 
 
