@@ -161,7 +161,7 @@ class Lowering:
     def run(self) -> fx.GraphModule:
         for n in self.src.gm.graph.nodes:
             self.env[n] = self.lower(n)
-        return fx.GraphModule(self.root, self.g)
+        return fx.GraphModule(self.root, self.g).train(False)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
