@@ -99,6 +99,9 @@ def latency_rows(work: Path, runs: int) -> list[str]:
         tvm = {"TVM float": TvmExporter(batch).export(float_graph, work / f"f{batch}.so", "fp32").runner(2),
                "TVM integer-only": TvmExporter(batch).export(int_graph, work / f"i{batch}.so", "int-only").runner(2)}
         print(f"TVM compile, batch {batch}: {time.perf_counter() - start:.0f} s", flush=True)
+        if batch == 1:
+            top = tvm_kernel_times(work / "i1.so", 1)
+            print("TVM integer-only b1, ms per kernel family: " + ", ".join(f"{k} {v:.1f}" for k, v in top), flush=True)
         res = measure({**tvm, **runners}, (batch, 3, 224, 224), [batch], warmup=3, runs=runs, progress=Progress(False))
         for name, by_batch in res.items():
             table.setdefault(name, {})[batch] = by_batch[batch]["median"]
@@ -109,6 +112,35 @@ def latency_rows(work: Path, runs: int) -> list[str]:
                      f"{t[8] / table['TVM float'][8]:.2f} | {t[1] / table['ORT float'][1]:.2f} / "
                      f"{t[8] / table['ORT float'][8]:.2f} |")
     return lines
+
+
+def tvm_kernel_times(path: Path, batch: int, rounds: int = 3) -> list[tuple[str, float]]:
+    """Milliseconds per run spent in each compiled TVM kernel (the relax VM's instrument hook;
+    this wheel's VM has no profiler), kernels named by their first fused ops."""
+    import collections
+
+    import tvm
+    from tvm import relax
+
+    from exporters.tvm import _load_fresh
+
+    vm = relax.VirtualMachine(_load_fresh(path), tvm.cpu())
+    x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32))
+    vm["main"](x)
+    spent: collections.Counter = collections.Counter()
+    began: dict[str, float] = {}
+
+    def hook(func, name, before, ret, *args):
+        if before:
+            began[name] = time.perf_counter()
+        else:
+            spent["_".join(name.split("_")[:4])] += time.perf_counter() - began.pop(name)
+        return 0
+
+    vm.set_instrument(hook)
+    for _ in range(rounds):
+        vm["main"](x)
+    return [(k, v / rounds * 1e3) for k, v in spent.most_common(8)]
 
 
 def main() -> None:

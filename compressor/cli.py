@@ -90,7 +90,7 @@ def compress(
                                                    "class or an array file [default: bundled test split, else "
                                                    "the calibration data with agreement as the metric]")] = None,
     input_shape: Annotated[str | None, typer.Option(help="model input N,C,H,W, e.g. 1,3,224,224")] = None,
-    export: Annotated[str | None, typer.Option(help="targets: onnx,torch [default: the recipe's]")] = None,
+    export: Annotated[str | None, typer.Option(help="targets: onnx,torch,tvm [default: the recipe's]")] = None,
     max_drop: Annotated[float | None, typer.Option(help="fail (exit 1) if accuracy drops more points")] = None,
     arch: Annotated[str | None, typer.Option(help="zoo architecture for a bare state_dict")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="allow loading a pickled nn.Module (runs code "
