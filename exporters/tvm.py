@@ -47,6 +47,10 @@ def _host_cores() -> int:
 # TVM_NUM_THREADS or else half the logical CPUs: 1 on a 2-core VM. Size it to every core before
 # tvm can start it; `set_threads` then narrows it per runner.
 os.environ.setdefault("TVM_NUM_THREADS", str(_host_cores()))
+# Idle workers spin by default; beside another runtime (the report times artifacts interleaved)
+# the spinning threads took the cores from it: a ViT-S ran at 11 s per image whose kernels add up
+# to 0.2 s. With 0 they sleep as soon as the queue is empty.
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 
 def host_target() -> dict[str, Any]:
