@@ -27,6 +27,7 @@ the simulation (`simulate`), and exports to ONNX with integer operators only.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -41,6 +42,7 @@ from compressor.errors import CompressorError
 from compressor.graph.graph import Graph, layer_norm_args
 from compressor.graph.sdpa import decompose_sdpa
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
+from compressor.passes.calibrate import calibrate, insert_observers, observer_of, remove_observer
 from compressor.passes.quant import ops
 from compressor.passes.quant.intonly import (
     DEQUANTIZE_OUTPUT,
@@ -59,13 +61,14 @@ from compressor.passes.quant.intonly.layernorm import output_scale
 from compressor.passes.quant.intonly.requant import int_range
 from compressor.passes.quant.intonly.shiftgelu import MAX_N, gelu_x0
 from compressor.passes.quant.intonly.shiftmax import shift_exp_n
+from compressor.passes.quant.observers import MinMaxObserver
 
 aten = torch.ops.aten
 SHAPE_OPS = {
     aten.reshape.default, aten.view.default, aten.permute.default, aten.transpose.int, aten.flatten.using_ints,
     aten.unsqueeze.default, aten.squeeze.dim, aten.select.int, aten.slice.Tensor, aten.expand.default,
     aten.contiguous.default, aten.clone.default, aten.unbind.int, aten.alias.default, aten.t.default,
-    aten.dropout.default, aten.detach.default,
+    aten.dropout.default, aten.detach.default, operator.getitem,  # getitem: one output of unbind
 }
 NEEDS_8BIT = {aten.linear.default, aten.matmul.default, aten.softmax.int, aten._softmax.default, aten.gelu.default,
               aten.conv2d.default}
@@ -102,7 +105,7 @@ class Const:
 
     value: torch.Tensor
     name: str
-    chain: list[tuple[Any, tuple, fx.Node]] = field(default_factory=list)
+    chain: list[tuple[Any, tuple]] = field(default_factory=list)
 
 
 @register_pass
@@ -116,7 +119,7 @@ class IntOnly(Pass):
         if decompose_sdpa(graph):  # the new nodes carry no shapes; softmax needs its row length
             ShapeProp(graph.gm).propagate(*graph.example_inputs)
         with ctx.limited(self.params.calib_images):
-            amax = record_absmax(graph, ctx.calibration_batches())
+            amax = record_absmax(graph, ctx)
         lowering = Lowering(graph, amax, self.params)
         graph.gm = lowering.run()
         graph.gm.meta[ops.PRECISION_KEY] = f"int-only w{self.params.w_bits}a8"
@@ -127,24 +130,19 @@ class IntOnly(Pass):
 
 
 # -- calibration -------------------------------------------------------------------------------
-@torch.no_grad()
-def record_absmax(graph: Graph, batches: Iterator[torch.Tensor]) -> dict[fx.Node, float]:
-    """max |value| of every float tensor the graph computes, over the calibration batches."""
-    amax: dict[fx.Node, float] = {}
-
-    class Recorder(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            out = super().run_node(n)
-            if torch.is_tensor(out) and out.is_floating_point():
-                amax[n] = max(amax.get(n, 0.0), float(out.abs().max()))
-            return out
-
-    seen = 0
-    for x in batches:
-        Recorder(graph.gm).run(x)
-        seen += 1
-    if not seen:
+def record_absmax(graph: Graph, ctx: PassContext) -> dict[fx.Node, float]:
+    """max |value| of every float tensor the graph computes, over the calibration images."""
+    if ctx.calibration_size() == 0:
         raise CompressorError("quant.intonly got no calibration images; pass --calib DIR.")
+    floats = [n for n in graph.nodes if n.op in ("placeholder", "call_function") and _is_float(n)]
+    observers = insert_observers(graph, (), MinMaxObserver, floats)
+    calibrate(graph, ctx, "int-only calibration")
+    amax = {}
+    for src, obs in observers.items():
+        lo, hi = observer_of(graph, obs).range()
+        amax[src] = max(abs(lo), abs(hi))
+        remove_observer(graph, obs)
+    graph.recompile()
     return amax
 
 
@@ -188,7 +186,7 @@ class Lowering:
         handler = LOWERINGS.get(n.target)
         if handler is not None:
             return handler(self, n)
-        if n.target in SHAPE_OPS or n.target is aten.sym_size.int or n.target.__name__ == "getitem":
+        if n.target in SHAPE_OPS or n.target is aten.sym_size.int:
             return self.lower_shape(n)
         raise CompressorError(f"quant.intonly: no integer form for {n.target} at "
                               f"'{self.src.module_path(n) or n.name}'. Supported: Linear, patch Conv (stride = "
@@ -197,13 +195,13 @@ class Lowering:
 
     def lower_output(self, out: Any) -> fx.Node:
         v = self.env[out[0] if isinstance(out, (tuple, list)) else out]
-        scale = torch.tensor(np.broadcast_to(v.scale, v.scale.shape), dtype=torch.float32)
+        scale = torch.tensor(v.scale, dtype=torch.float32)
         return self.call(DEQUANTIZE_OUTPUT, v.node, self.buffer("output_scale", scale))
 
     def lower_shape(self, n: fx.Node) -> Any:
         x = self.env.get(n.args[0]) if isinstance(n.args[0], fx.Node) else None
         if isinstance(x, Const):
-            return Const(x.value, x.name, [*x.chain, (n.target, n.args[1:], n)])
+            return Const(x.value, x.name, [*x.chain, (n.target, n.args[1:])])
         if isinstance(x, Int):
             if x.per_channel:
                 x = self.requant(x, self.bits_ahead(n), x.src)
@@ -348,7 +346,7 @@ class Lowering:
     def emit_const(self, c: Const, scale: float, bits: int) -> fx.Node:
         lo, hi = int_range(bits)
         node = self.buffer(c.name, torch.clamp(torch.round(c.value.double() / scale), lo, hi).long())
-        for target, args, _src in c.chain:
+        for target, args in c.chain:
             node = self.call(target, node, *self.map_args(args))
         return node
 
@@ -363,7 +361,7 @@ class Lowering:
                 seen.add(u)
                 if u.target in NEEDS_8BIT:
                     return 8
-                if u.target in SHAPE_OPS or getattr(u.target, "__name__", "") == "getitem":
+                if u.target in SHAPE_OPS:
                     todo.append(u)
         return self.p.residual_bits
 
@@ -402,9 +400,18 @@ LOWERINGS: dict[Any, Callable[[Lowering, fx.Node], Any]] = {
 }
 
 
+def _meta(n: fx.Node) -> Any:
+    """The node's tensor description: torch.export's fake value, or ShapeProp's for nodes added later."""
+    return n.meta.get("val", n.meta.get("tensor_meta"))
+
+
 def _shape(n: fx.Node) -> tuple[int, ...]:
-    meta = n.meta.get("val", n.meta.get("tensor_meta"))
-    return tuple(meta.shape)
+    return tuple(_meta(n).shape)
+
+
+def _is_float(n: fx.Node) -> bool:
+    dtype = getattr(_meta(n), "dtype", None)
+    return dtype is not None and dtype.is_floating_point
 
 
 def _pair(v: Any) -> tuple[int, int]:

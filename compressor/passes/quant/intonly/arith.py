@@ -15,6 +15,7 @@ reference rounds half to even, which differs only on exact ties (methods.md §2.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -102,12 +103,16 @@ class TorchArith(Arith):
         return a.sum(-1, keepdim=True)
 
     def pow2(self, e):
-        table = torch.tensor([2**i for i in range(POW2_BITS)], dtype=e.dtype)
-        return table[e.long()]
+        return _pow2_table(e.dtype)[e.long()]
 
     def bit_length(self, a):
-        table = torch.tensor([2**i for i in range(POW2_BITS)], dtype=a.dtype)
-        return (a.unsqueeze(-1) >= table).sum(-1).to(a.dtype)
+        return (a.unsqueeze(-1) >= _pow2_table(a.dtype)).sum(-1).to(a.dtype)
+
+
+@functools.cache
+def _pow2_table(dtype: torch.dtype) -> torch.Tensor:
+    """2^0 .. 2^62 in `dtype` (exact in float64 too), built once per dtype: pow2 runs in every kernel."""
+    return torch.tensor([2**i for i in range(POW2_BITS)], dtype=dtype)
 
 
 def _like(v: Any, ref: torch.Tensor) -> torch.Tensor:
