@@ -96,8 +96,9 @@ def latency_rows(work: Path, runs: int) -> list[str]:
     table: dict[str, dict[int, float]] = {}
     for batch in (1, 8):
         start = time.perf_counter()
-        tvm = {"TVM float": TvmExporter(batch).export(float_graph, work / f"f{batch}.so", "fp32").runner(2),
-               "TVM integer-only": TvmExporter(batch).export(int_graph, work / f"i{batch}.so", "int-only").runner(2)}
+        tvm_exporter = TvmExporter(batch=batch)
+        tvm = {"TVM float": tvm_exporter.export(float_graph, work / f"f{batch}.so", "fp32").runner(2),
+               "TVM integer-only": tvm_exporter.export(int_graph, work / f"i{batch}.so", "int-only").runner(2)}
         print(f"TVM compile, batch {batch}: {time.perf_counter() - start:.0f} s", flush=True)
         if batch == 1:
             top = tvm_kernel_times(work / "i1.so", 1)

@@ -90,7 +90,7 @@ def compress(
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     rec = rec.fast() if fast else rec
     targets = list(export or rec.export)
-    exporters = {t: get_exporter(t) for t in targets}
+    exporters = {t: get_exporter(t, **rec.export_options.get(t, {})) for t in targets}
     out = Path(out_dir)
     staging = _staging_dir(out)
     try:

@@ -72,10 +72,23 @@ class Recipe(BaseModel):
     description: str = ""
     passes: list[PassEntry] = Field(min_length=1)
     export: list[str] = Field(default_factory=lambda: ["onnx"])
+    export_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-target settings, e.g. {coreml: {minimum_deployment_target: iOS17}}")
     gate: GateSpec = Field(default_factory=GateSpec)
     calibration: CalibSpec = Field(default_factory=CalibSpec)
     benchmark: BenchSpec = Field(default_factory=BenchSpec)
     preprocess: Preprocess | None = None
+
+    @field_validator("export_options")
+    @classmethod
+    def _known_options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from exporters import EXPORTERS
+
+        for target, options in v.items():
+            if target not in EXPORTERS:
+                raise ValueError(f"unknown export target {target!r}; targets: {', '.join(sorted(EXPORTERS))}")
+            EXPORTERS[target].Options(**options)
+        return v
 
     def fast(self) -> Recipe:
         """This recipe with every pass that has a `fast` preset switched to it (CLI `--fast`)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compressor.errors import CompressorError
-from exporters.base import Artifact, Exporter, atomic_path
+from exporters.base import Artifact, Exporter, ExportOptions, atomic_dir, atomic_path
 from exporters.onnx import OnnxArtifact, OnnxExporter
 from exporters.torch_program import TorchArtifact, TorchExporter
 from exporters.tvm import TvmArtifact, TvmExporter
@@ -13,18 +13,19 @@ EXPORTERS: dict[str, type[Exporter]] = {
 }
 
 
-def get_exporter(name: str) -> Exporter:
-    """The exporter for `name`, or a clear error naming the available targets / missing extra."""
+def get_exporter(name: str, **options: object) -> Exporter:
+    """The exporter for `name` with its options, or a clear error naming the available targets /
+    the missing extra / the bad option."""
     cls = EXPORTERS.get(name)
     if cls is None:
         raise CompressorError(f"unknown export target {name!r}; available here: {', '.join(sorted(EXPORTERS))}.")
     ok, reason = cls.available()
     if not ok:
         raise CompressorError(reason)
-    return cls()
+    return cls(**options)
 
 
 __all__ = [
-    "EXPORTERS", "Artifact", "Exporter", "OnnxArtifact", "OnnxExporter", "TorchArtifact", "TorchExporter",
-    "TvmArtifact", "TvmExporter", "atomic_path", "get_exporter",
+    "EXPORTERS", "Artifact", "ExportOptions", "Exporter", "OnnxArtifact", "OnnxExporter", "TorchArtifact",
+    "TorchExporter", "TvmArtifact", "TvmExporter", "atomic_dir", "atomic_path", "get_exporter",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -15,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
 
 if TYPE_CHECKING:
@@ -34,17 +38,37 @@ class Artifact(ABC):
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in _files(self.path))
 
+    def not_measured(self) -> str | None:
+        """Why this artifact cannot run on this machine (the report shows `not_measured: <reason>`
+        instead of numbers it could not measure), or None when `runner` works here."""
+        return None
+
     @abstractmethod
     def runner(self, threads: int) -> Runner:
         """A callable mapping a float32 NCHW batch to float32 outputs, in the target runtime."""
+
+
+class ExportOptions(BaseModel):
+    """Per-target settings (recipe `export_options: {target: {...}}`); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Exporter(ABC):
     """One deployment target. Subclasses name their extra so a missing backend says what to install."""
 
     target: ClassVar[str]
-    suffix: ClassVar[str]  # of the artifact file: model.onnx, model.pt2
+    suffix: ClassVar[str]  # of the artifact: model.onnx, model.pt2, model.mlpackage (a folder)
     extra: ClassVar[str | None] = None
+    Options: ClassVar[type[ExportOptions]] = ExportOptions
+
+    def __init__(self, **options: object) -> None:
+        try:
+            self.options = self.Options(**options)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+            raise CompressorError(f"export options for {self.target}: {problems}. Allowed: "
+                                  f"{', '.join(sorted(self.Options.model_fields)) or 'none'}.") from None
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -80,3 +104,20 @@ def atomic_path(path: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """`atomic_path` for artifacts that are folders (.mlpackage, the TensorRT bundle): the folder
+    is built under a temporary name and renamed into place only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent))
+    tmp_path.rmdir()  # writers such as coremltools' save() want to create the folder themselves
+    try:
+        yield tmp_path
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            shutil.rmtree(tmp_path)

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import onnx
 import torch
+from pydantic import Field
 
 from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
 from compressor.passes.quant import intonly, ops
-from exporters.base import Artifact, Exporter, atomic_path
+from exporters.base import Artifact, Exporter, ExportOptions, atomic_path
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -54,20 +55,22 @@ class OnnxArtifact(Artifact):
         return counts
 
 
+class OnnxOptions(ExportOptions):
+    opset: int = Field(OPSET, ge=18, description="ONNX opset (18 or newer: per-axis Q/DQ and BitShift)")
+
+
 class OnnxExporter(Exporter):
     target: ClassVar[str] = "onnx"
     suffix: ClassVar[str] = ".onnx"
-
-    def __init__(self, opset: int = OPSET) -> None:
-        self.opset = opset
+    Options: ClassVar[type[ExportOptions]] = OnnxOptions
 
     def export(self, graph: Graph, path: Path, precision: str) -> OnnxArtifact:
         example = graph.example_inputs
         batch = torch.export.Dim("batch", min=1, max=4096)
         with atomic_path(path) as tmp:
-            program = _quiet_export(graph.gm, example, self.opset, ({0: batch},))
+            program = _quiet_export(graph.gm, example, self.options.opset, ({0: batch},))
             if program is None:  # the graph was captured with a static batch
-                program = _quiet_export(graph.gm, example, self.opset, None)
+                program = _quiet_export(graph.gm, example, self.options.opset, None)
             if program is None:
                 raise CompressorError(f"ONNX export of the {precision} graph failed; run with -v for the "
                                       "exporter's log.")
@@ -75,7 +78,7 @@ class OnnxExporter(Exporter):
             strip_debug_metadata(model)
             onnx.save(model, str(tmp))
             onnx.checker.check_model(str(tmp), full_check=True)
-        return OnnxArtifact("onnx", path, precision, {"opset": self.opset})
+        return OnnxArtifact("onnx", path, precision, {"opset": self.options.opset})
 
 
 def strip_debug_metadata(model: onnx.ModelProto) -> None:

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from compressor.eval.metrics import Runner
-from exporters.base import Artifact, Exporter, atomic_path
+from exporters.base import Artifact, Exporter, ExportOptions, atomic_path
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -81,6 +82,11 @@ class TvmArtifact(Artifact):
         return TvmRunner(self.path, int(self.meta["batch"]), threads)
 
 
+class TvmOptions(ExportOptions):
+    batch: int = Field(1, ge=1, description="static batch compiled into the library (a fixed-batch graph keeps "
+                                         "its own)")
+
+
 class TvmExporter(Exporter):
     """ONNX (the `onnx` target's file) compiled by TVM for this CPU, with a static batch.
 
@@ -92,8 +98,7 @@ class TvmExporter(Exporter):
     suffix: ClassVar[str] = ".so"
     extra: ClassVar[str | None] = "tvm"
 
-    def __init__(self, batch: int = 1) -> None:
-        self.batch = batch
+    Options: ClassVar[type[ExportOptions]] = TvmOptions
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -106,7 +111,7 @@ class TvmExporter(Exporter):
     def export(self, graph: Graph, path: Path, precision: str) -> TvmArtifact:
         from exporters.onnx import OnnxExporter
 
-        batch = graph.fixed_batch or self.batch
+        batch = graph.fixed_batch or self.options.batch
         with tempfile.TemporaryDirectory(prefix="tvm-export-") as tmp:
             onnx_path = OnnxExporter().export(graph, Path(tmp) / "model.onnx", precision).path
             compile_onnx(onnx_path, path, batch)
