@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compressor.errors import CompressorError
@@ -46,6 +47,24 @@ class Artifact(ABC):
     @abstractmethod
     def runner(self, threads: int) -> Runner:
         """A callable mapping a float32 NCHW batch to float32 outputs, in the target runtime."""
+
+
+def in_fixed_batches(run: Runner, batch: int) -> Runner:
+    """A runner for any batch size over one that takes exactly `batch` inputs (a static-shape
+    library or program): split, pad the last chunk with zeros, drop the padded rows."""
+
+    def run_any(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = x.shape[0]
+        outs = []
+        for start in range(0, n, batch):
+            chunk = x[start:start + batch]
+            if len(chunk) < batch:
+                chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *x.shape[1:]), np.float32)])
+            outs.append(np.asarray(run(chunk))[: min(batch, n - start)])
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+    return run_any
 
 
 class ExportOptions(BaseModel):

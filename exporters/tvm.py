@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import Field
 
 from compressor.eval.metrics import Runner
-from exporters.base import Artifact, Exporter, ExportOptions, atomic_path
+from exporters.base import Artifact, Exporter, ExportOptions, atomic_path, in_fixed_batches
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -182,19 +182,14 @@ class TvmRunner:
         self._device = tvm.cpu()
         self._vm = relax.VirtualMachine(_load_fresh(Path(path)), self._device)
         self._tensor = tvm.runtime.tensor
+        self._run = in_fixed_batches(self._run_batch, batch)
+
+    def _run_batch(self, x: np.ndarray) -> np.ndarray:
+        out = self._vm["main"](self._tensor(x, self._device))
+        return (out[0] if not hasattr(out, "numpy") else out).numpy()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        n = x.shape[0]
-        outs = []
-        for start in range(0, n, self.batch):
-            chunk = x[start:start + self.batch]
-            if len(chunk) < self.batch:  # pad the last chunk; its extra rows are dropped below
-                chunk = np.concatenate([chunk, np.zeros((self.batch - len(chunk), *x.shape[1:]), np.float32)])
-            out = self._vm["main"](self._tensor(chunk, self._device))
-            out = out[0] if not hasattr(out, "numpy") else out
-            outs.append(out.numpy()[: min(self.batch, n - start)])
-        return np.concatenate(outs).astype(np.float32, copy=False)
+        return self._run(x)
 
 
 def _load_fresh(path: Path) -> Any:
