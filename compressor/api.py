@@ -22,14 +22,26 @@ from torch import nn
 
 from compressor.data import DataSource, Preprocess, fingerprint, from_iterable, open_source
 from compressor.errors import CompressorError
-from compressor.eval import collect, measure, score, sqnr_db, top1, torch_runner
+from compressor.eval import (
+    Outputs,
+    collect,
+    hits,
+    measure,
+    paired_drop,
+    score,
+    sqnr_db,
+    top1,
+    torch_runner,
+    wilson_interval,
+)
+from compressor.eval.metrics import Runner
 from compressor.graph import Graph, capture
 from compressor.graph.capture import program_batch
 from compressor.io import LoadedModel, load_model, load_module
 from compressor.passes import PassContext
 from compressor.passes.quant.ops import graph_precision
 from compressor.progress import Progress
-from compressor.recipe import BenchSpec, Recipe, load_recipe
+from compressor.recipe import BenchSpec, GateOn, Recipe, load_recipe
 from compressor.report import write_report
 from exporters import Artifact, get_exporter
 
@@ -53,8 +65,10 @@ class CompressResult:
         return bool(self.report["gate"]["passed"])
 
     @property
-    def accuracy_drop(self) -> float:
-        return float(self.report["accuracy_drop"])
+    def accuracy_drop(self) -> float | None:
+        """The worst measured target's drop; None when no artifact could run on this machine."""
+        drop = self.report["accuracy_drop"]
+        return None if drop is None else float(drop)
 
 
 def compress(
@@ -74,13 +88,17 @@ def compress(
     threads: int | None = None,
     progress: bool | Progress = False,
     fast: bool = False,
+    gate_on: GateOn | None = None,
+    sensitivity: bool = False,
 ) -> CompressResult:
     """Compress `model` with `recipe`, export, measure every artifact in its runtime and gate.
 
     `model` is a file (checkpoint, state_dict with `arch`, TorchScript, .pt2, or a pickled module
     with `trust_pickle`) or an `nn.Module`. `calib`/`eval_data` are folders, array files, or
     iterables of tensors / (tensor, label) batches; bundled checkpoints find their own data.
-    `fast` switches passes with a CPU preset (reconstruction) to it.
+    `fast` switches passes with a CPU preset (reconstruction) to it. `gate_on="lower-bound"` fails
+    the gate only when the drop's 95 % interval lies wholly above `max_drop` (a significant drop).
+    `sensitivity` adds the per-layer table (SQNR, accuracy with only that layer quantized).
     """
     if calib_size is not None and calib_size < 1:
         raise CompressorError(f"calib_size {calib_size}: use at least 1 calibration image (None uses all).")
@@ -117,10 +135,12 @@ def compress(
         timings["passes_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        first = exporters[targets[0]]
-        baseline = first.export(baseline_graph, staging / f"baseline{first.suffix}", "fp32")
         precision = graph_precision(graph)
-        artifacts = {name: ex.export(graph, staging / f"model{ex.suffix}", precision) for name, ex in exporters.items()}
+        baselines, artifacts = {}, {}
+        for name, ex in exporters.items():  # each target's own float artifact: speedups compare like with like
+            bar.info(f"export {name}")
+            baselines[name] = ex.export(baseline_graph, staging / f"baseline{ex.suffix}", "fp32")
+            artifacts[name] = ex.export(graph, staging / f"model{ex.suffix}", precision)
         timings["export_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -128,19 +148,23 @@ def compress(
                                                  (("batch_sizes", batch_sizes), ("threads", threads)) if v})
         if fixed is not None:  # the program only runs at its exported batch size
             bench = bench.model_copy(update={"batch_sizes": [fixed]})
-        evaluation = _evaluate(loaded, graph, baseline, artifacts, eval_src, rec, bench, shape, bar, max_drop)
+        evaluation = _evaluate(loaded, graph, baselines, artifacts, eval_src, rec, bench, shape, bar)
+        if sensitivity:
+            evaluation["sensitivity"] = _sensitivity(baseline_graph, graph, eval_src, evaluation["metric"], bar)
+        evaluation["gate"] = rec.gate.model_copy(update={k: v for k, v in (("max_drop", max_drop),
+                                                                           ("gate_on", gate_on)) if v is not None})
         timings["evaluate_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - start
 
         report = write_report(
-            staging, rec, ctx.log, loaded, shape, evaluation, baseline, artifacts, timings,
+            staging, rec, ctx.log, loaded, shape, evaluation, baselines, artifacts, timings,
             data={"calibration": _data_info(calib_src, ctx.calibration_size(), ctx),
                   "evaluation": {"source": eval_src.description, "count": len(eval_src),
                                  "labels": eval_src.has_labels}})
         files = _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for a in [baseline, *artifacts.values()]:
+    for a in [*baselines.values(), *artifacts.values()]:
         a.path = out / a.path.name
     return CompressResult(report, artifacts, out, graph, files)
 
@@ -247,37 +271,61 @@ def _data_info(src: DataSource, used: int, ctx: PassContext) -> dict[str, Any]:
 
 
 # -- evaluation ------------------------------------------------------------------------------------
-def _evaluate(loaded: LoadedModel, graph: Graph, baseline: Artifact, artifacts: dict[str, Artifact],
-              data: DataSource, rec: Recipe, bench: BenchSpec, shape: tuple[int, ...], bar: Progress,
-              max_drop: float | None) -> dict[str, Any]:
-    """Accuracy of the float model, the baseline artifact, the simulation and each artifact."""
-    module = loaded.runnable()
+def _evaluate(loaded: LoadedModel, graph: Graph, baselines: dict[str, Artifact], artifacts: dict[str, Artifact],
+              data: DataSource, rec: Recipe, bench: BenchSpec, shape: tuple[int, ...],
+              bar: Progress) -> dict[str, Any]:
+    """Accuracy of the float model, the simulation and, per target, of the float and the compressed
+    artifact run in that target's runtime; then their latencies, interleaved in one timing loop."""
     batch, fixed = graph.fixed_batch or EVAL_BATCH, graph.fixed_batch is not None
-    ref = collect(torch_runner(module), data, batch, bar, "float model", fixed_batch=fixed)
+    ref = collect(torch_runner(loaded.runnable()), data, batch, bar, "float model", fixed_batch=fixed)
     metric = rec.gate.metric if (rec.gate.metric != "top1" or data.has_labels) else "agreement"
-    threads = bench.threads
-    base_run = baseline.runner(threads)
-    base_out = collect(base_run, data, batch, bar, baseline.path.name, fixed_batch=fixed)
     sim_out = collect(torch_runner(graph.gm), data, batch, bar, "simulation", fixed_batch=fixed)
-    runners = {"baseline": base_run}
-    results: dict[str, Any] = {"metric": metric, "float_torch": score(ref, ref, metric),
-                               "baseline": score(base_out, ref, metric), "artifacts": {}}
-    for name, art in artifacts.items():
-        run = art.runner(threads)
-        runners[name] = run
-        out = collect(run, data, batch, bar, art.path.name, fixed_batch=fixed)
-        results["artifacts"][name] = {
-            "accuracy": score(out, ref, metric), "sim_accuracy": score(sim_out, ref, metric),
-            "agreement_vs_baseline": float((out.logits.argmax(1) == base_out.logits.argmax(1)).mean() * 100),
-            "sqnr_db_vs_float": round(sqnr_db(out, ref), 2),
-            "max_abs_diff_vs_sim": float(abs(out.logits - sim_out.logits).max()),
-        }
-    results["top1_labels"] = top1(ref) if data.has_labels else None
-    results["latency"] = measure(runners, shape, bench.batch_sizes, bench.warmup, bench.runs, bar,
-                                 min_seconds=bench.min_seconds, max_runs=bench.max_runs)
-    results["bench"] = bench.model_dump()
-    results["max_drop"] = max_drop if max_drop is not None else rec.gate.max_drop
-    return results
+    runners: dict[str, Runner] = {}
+    targets: dict[str, dict[str, Any]] = {}
+    for name in artifacts:
+        measured = {}
+        for role, art in (("baseline", baselines[name]), ("artifact", artifacts[name])):
+            reason = art.not_measured()
+            if reason is not None:
+                measured[role] = {"not_measured": reason}
+                continue
+            run = runners[f"{name}/{role}"] = art.runner(bench.threads)
+            out = collect(run, data, batch, bar, art.path.name, fixed_batch=fixed)
+            measured[role] = _measurement(out, ref, metric)
+        if "outputs" in measured["artifact"]:
+            out = measured["artifact"]["outputs"]
+            measured["artifact"]["max_abs_diff_vs_sim"] = float(abs(out.logits - sim_out.logits).max())
+            if "outputs" in measured["baseline"]:
+                base = measured["baseline"]["outputs"]
+                measured["artifact"]["agreement_vs_baseline"] = float(
+                    (out.logits.argmax(1) == base.logits.argmax(1)).mean() * 100)
+                drop, lo, hi = paired_drop(hits(base, ref, metric), hits(out, ref, metric))
+                measured["artifact"].update(drop=drop, drop_ci95=[lo, hi])
+        for m in measured.values():
+            m.pop("outputs", None)
+        targets[name] = measured
+    latency = measure(runners, shape, bench.batch_sizes, bench.warmup, bench.runs, bar,
+                      min_seconds=bench.min_seconds, max_runs=bench.max_runs)
+    for key, lat in latency.items():
+        name, role = key.split("/")
+        targets[name][role]["latency"] = lat
+    return {"metric": metric, "count": len(ref.logits), "float_torch": score(ref, ref, metric),
+            "simulation": _measurement(sim_out, ref, metric), "targets": targets,
+            "top1_labels": top1(ref) if data.has_labels else None, "bench": bench.model_dump()}
+
+
+def _sensitivity(float_graph: Graph, graph: Graph, data: DataSource, metric: str, bar: Progress) -> list[dict]:
+    from compressor.eval.sensitivity import layer_sensitivity
+
+    return layer_sensitivity(float_graph, graph, data, metric=metric, batch_size=graph.fixed_batch or EVAL_BATCH,
+                             progress=bar)
+
+
+def _measurement(out: Outputs, ref: Outputs, metric: str) -> dict[str, Any]:
+    h = hits(out, ref, metric)
+    return {"outputs": out, "accuracy": float(h.mean() * 100),
+            "accuracy_ci95": list(wilson_interval(int(h.sum()), h.size)),
+            "sqnr_db_vs_float": round(sqnr_db(out, ref), 2)}
 
 
 def _publish(staging: Path, out: Path) -> list[Path]:

@@ -5,8 +5,10 @@ Exit codes: 0 ok, 1 accuracy gate failed, 2 bad input or usage (the message says
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +17,12 @@ from rich.console import Console
 from rich.table import Table
 
 from compressor.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, CompressorError
+
+
+class GateOnChoice(str, Enum):
+    point = "point"
+    lower_bound = "lower-bound"
+
 
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,25 +65,29 @@ def _print_recipes() -> None:
     Console().print(table)
 
 
+def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def _print_summary(report: dict, out: Path) -> None:
-    console = Console(width=max(Console().width, 100))
-    b = report["baseline"]
-    table = Table(title=f"{report['model']['name']} · {report['recipe']['name']} · metric {report['metric']} (%)")
-    for col in ("artifact", "accuracy", "simulation", f"ms b{b['latency_ms']['batch']}", "speedup", "MB", "status"):
-        table.add_column(col, no_wrap=True)
-    table.add_row(b["path"], f"{b['accuracy']:.2f}", f"{b['float_torch_accuracy']:.2f}",
-                  f"{b['latency_ms']['median']:.2f}", "1.00x", f"{b['size_bytes'] / 1e6:.2f}", "baseline")
-    for a in report["artifacts"]:
-        table.add_row(a["path"], f"{a['accuracy']:.2f}", f"{a['sim_accuracy']:.2f}", f"{a['latency_ms']['median']:.2f}",
-                      f"{a['speedup_vs_baseline']:.2f}x", f"{a['size_bytes'] / 1e6:.2f}", a["status"])
-    console.print(table)
+    from compressor.report.render import artifact_table, gate_table
+
+    console = Console(width=max(Console().width, 140))
+    _, header, rows = artifact_table(report)
+    title = f"{report['model']['name']} · {report['recipe']['name']} · metric {report['metric']} (%)"
+    console.print(_rich_table(title, header, rows))
+    console.print(_rich_table(*gate_table(report)))
     gate = report["gate"]
     verdict = "[green]passed[/]" if gate["passed"] else "[red]FAILED[/]"
-    limit = f" (max {gate['max_drop']})" if gate["max_drop"] is not None else " (no --max-drop set)"
-    console.print(f"accuracy drop {report['accuracy_drop']:.2f} points{limit}: gate {verdict}")
-    files = [a["path"] for a in report["artifacts"]] + [b["path"], "report.json", "report.md", "pareto.png"]
-    files.append("recipe.yaml")
-    console.print(f"wrote {out}/: {', '.join(files)}")
+    limit = f"max {gate['max_drop']} on the {gate['gate_on']}" if gate["max_drop"] is not None else "no --max-drop set"
+    drop = "no artifact measured here" if gate["drop"] is None else f"worst accuracy drop {gate['drop']:.2f} points"
+    console.print(f"{drop} ({limit}): gate {verdict}")
+    console.print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 
 @app.command()
@@ -90,8 +102,15 @@ def compress(
                                                    "class or an array file [default: bundled test split, else "
                                                    "the calibration data with agreement as the metric]")] = None,
     input_shape: Annotated[str | None, typer.Option(help="model input N,C,H,W, e.g. 1,3,224,224")] = None,
-    export: Annotated[str | None, typer.Option(help="targets: onnx,torch,tvm [default: the recipe's]")] = None,
+    export: Annotated[str | None, typer.Option(help="targets: onnx,tensorrt,coreml,tvm,executorch,torch "
+                                                    "[default: the recipe's]")] = None,
     max_drop: Annotated[float | None, typer.Option(help="fail (exit 1) if accuracy drops more points")] = None,
+    gate_on: Annotated[GateOnChoice | None, typer.Option(
+        help="point: the measured drop is compared with --max-drop; lower-bound: the low end of its 95% "
+             "interval, so only a significant drop fails [default: the recipe's, else point]")] = None,
+    sensitivity: Annotated[bool, typer.Option(
+        "--sensitivity", help="per-layer table: SQNR of each quantized layer's output and the accuracy with only "
+                              "that layer quantized")] = False,
     arch: Annotated[str | None, typer.Option(help="zoo architecture for a bare state_dict")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="allow loading a pickled nn.Module (runs code "
                                                     "from the file: only for files you trust)")] = False,
@@ -109,7 +128,10 @@ def compress(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or summary")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
-    """Compress MODEL with a recipe, export it, measure accuracy and latency on the artifacts, gate."""
+    """Compress MODEL with a recipe, export it, measure accuracy and latency on the artifacts, gate.
+
+    `compress compare OUT_A OUT_B` shows what changed between two runs.
+    """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
@@ -131,7 +153,8 @@ def compress(
                      export=export.split(",") if export else None, out_dir=out, max_drop=max_drop,
                      input_shape=_ints(input_shape, "--input-shape", 4), arch=arch, trust_pickle=trust_pickle,
                      preprocess=pre, calib_size=calib_size, batch_sizes=_ints(batch_sizes, "--batch-sizes"),
-                     threads=threads, progress=not quiet, fast=fast)
+                     threads=threads, progress=not quiet, fast=fast,
+                     gate_on=gate_on.value if gate_on else None, sensitivity=sensitivity)
         report = result.report
     except CompressorError as e:
         err.print(f"[red]error:[/] {e}", highlight=False, markup=True)
@@ -152,8 +175,40 @@ def compress(
     raise typer.Exit(EXIT_OK if report["gate"]["passed"] else EXIT_GATE_FAILED)
 
 
+compare_app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
+                          context_settings={"help_option_names": ["-h", "--help"]})
+
+
+@compare_app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="output folder (or report.json) of the first run")],
+    run_b: Annotated[Path, typer.Argument(help="output folder (or report.json) of the second run")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the comparison as JSON")] = False,
+) -> None:
+    """What changed between two compress runs: accuracy, latency and size per artifact."""
+    from compressor.report.compare import compare_reports, load_report, metric_mismatch
+
+    try:
+        a, b = load_report(run_a), load_report(run_b)
+    except CompressorError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    title, header, rows = compare_reports(a, b)
+    warning = metric_mismatch(a, b)
+    if as_json:
+        print(json.dumps({"title": title, "warning": warning, "rows": [dict(zip(header, r, strict=True))
+                                                                      for r in rows]}, indent=2))
+        return
+    console = Console(width=max(Console().width, 140))
+    console.print(_rich_table(title, header, rows))
+    if warning:
+        console.print(f"[yellow]note:[/] {warning}")
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: `compress MODEL ...`, or `compress compare A B`."""
+    if len(sys.argv) > 1 and sys.argv[1] == "compare":
+        compare_app(prog_name="compress compare", args=sys.argv[2:])
     app(prog_name="compress")
 
 

@@ -21,12 +21,18 @@ RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 SCHEMA_VERSION = 1
 
 
+GateOn = Literal["point", "lower-bound"]
+
+
 class GateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metric: Literal["top1", "agreement"] = Field(
         "top1", description="top1 needs labels (falls back to agreement without); agreement = top-1 match "
                             "with the float model")
     max_drop: float | None = Field(None, ge=0, description="largest accepted accuracy drop, in points")
+    gate_on: GateOn = Field(
+        "point", description="point: fail when the measured drop exceeds max_drop; lower-bound: only when the "
+                             "drop's 95 % interval lies wholly above it (the drop is significant)")
 
 
 class BenchSpec(BaseModel):

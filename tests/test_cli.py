@@ -52,11 +52,15 @@ def test_bundled_model_meets_accuracy_target_on_the_artifact(tmp_path, ckpt):
                  *FAST)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["baseline.onnx", "model.onnx", "pareto.png", "recipe.yaml",
-                                                     "report.json", "report.md"]
+                                                     "report.html", "report.json", "report.md"]
     r = json.loads((out / "report.json").read_text())
     art = r["artifacts"][0]
-    assert r["schema_version"] == 1 and r["metric"] == "top1" and r["gate"] == {
-        "metric": "top1", "max_drop": 0.5, "passed": True}
+    assert r["schema_version"] == 2 and r["metric"] == "top1"
+    gate = r["gate"]
+    assert gate["max_drop"] == 0.5 and gate["gate_on"] == "point" and gate["passed"] is True
+    assert gate["targets"]["onnx"]["drop"] == art["drop"] == r["accuracy_drop"]
+    lo, hi = art["drop_ci95"]
+    assert lo < art["drop"] < hi and hi - lo < 3.0  # paired interval on 1000 digits: narrower than ±1.4 each
     assert r["accuracy_drop"] <= 0.5 and r["baseline"]["accuracy"] > 95
     # the reported numbers are those of the ONNX files, recomputed here from scratch
     spec = Preprocess(size=(28, 28), channels=1, mean=(0.1307,), std=(0.3081,))

@@ -65,6 +65,16 @@ def sqnr_db(out: Outputs, reference: Outputs) -> float:
     return float("inf") if noise == 0 else 10.0 * float(np.log10(signal / noise))
 
 
+def hits(out: Outputs, reference: Outputs, metric: str) -> np.ndarray:
+    """Per input, whether it counts for the metric: top-1 correct, or agreeing with the float
+    reference. Kept per input so a drop's confidence interval can pair the same images."""
+    if metric == "top1":
+        if out.labels is None:
+            raise ValueError("top-1 needs labels")
+        return out.logits.argmax(1) == out.labels
+    return out.logits.argmax(1) == reference.logits.argmax(1)
+
+
 def score(out: Outputs, reference: Outputs, metric: str) -> float:
     """The gate's metric: top1 (needs labels) or agreement with the float reference."""
-    return top1(out) if metric == "top1" else agreement(out, reference)
+    return float(hits(out, reference, metric).mean() * 100.0)

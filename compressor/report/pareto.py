@@ -18,31 +18,53 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot_pareto(report: dict[str, Any], path: Path) -> None:
+    """Accuracy vs latency of every measured artifact, coloured by target: each target's float and
+    compressed artifacts are joined by a line (what compression bought on that runtime), and the
+    Pareto front across all targets is ringed. Artifacts that could not run here are named below
+    the plot instead of being drawn at made-up coordinates."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = [report["baseline"], *report["artifacts"]]
-    labels = [f"{e['path']} ({e['precision']})" for e in entries]
-    points = [(e["latency_ms"]["median"], e["accuracy"]) for e in entries]
-    front = pareto_front(points)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for i, ((lat, acc), label) in enumerate(zip(points, labels, strict=True)):
-        on_front = i in front
-        ax.scatter([lat], [acc], s=90 if on_front else 50, marker="*" if on_front else "o", zorder=3,
-                   color="tab:blue" if on_front else "tab:gray", label="Pareto front" if i == front[0] else None)
-        ax.annotate(label, (lat, acc), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
-    fp = sorted(points[i] for i in front)
-    if len(fp) > 1:
-        ax.plot([p[0] for p in fp], [p[1] for p in fp], "--", color="tab:blue", lw=1, zorder=2)
+    pairs = [(report["baselines"][a["target"]], a) for a in report["artifacts"]]
+    measured = [e for pair in pairs for e in pair if e["latency_ms"] is not None and e["accuracy"] is not None]
+    skipped = [f"{e['path']} ({e['status'].removeprefix('not_measured: ')})"
+               for pair in pairs for e in pair if e not in measured]
+    points = [(e["latency_ms"]["median"], e["accuracy"]) for e in measured]
+    front = set(pareto_front(points))
+    fig, ax = plt.subplots(figsize=(6.8, 4.6), dpi=120)
+    colors = plt.get_cmap("tab10")
+    for k, (base, art) in enumerate(pairs):
+        color = colors(k % 10)
+        drawn = [e for e in (base, art) if e in measured]
+        if len(drawn) == 2:
+            ax.plot([e["latency_ms"]["median"] for e in drawn], [e["accuracy"] for e in drawn], "-", color=color,
+                    lw=1, alpha=0.6, zorder=2)
+        for e in drawn:
+            ax.scatter([e["latency_ms"]["median"]], [e["accuracy"]], color=color, zorder=3, s=45,
+                       marker="o" if e["precision"] == "fp32" else "s",
+                       label=f"{art['target']} {e['precision']}")
+            ax.annotate(e["path"], (e["latency_ms"]["median"], e["accuracy"]), textcoords="offset points",
+                        xytext=(0, 7), ha="center", fontsize=7)
+    ring = [points[i] for i in sorted(front)]
+    if ring:
+        ax.scatter([p[0] for p in ring], [p[1] for p in ring], s=220, facecolors="none", edgecolors="black",
+                   linewidths=1.2, zorder=4, label="Pareto front")
+        fp = sorted(ring)
+        ax.plot([p[0] for p in fp], [p[1] for p in fp], "--", color="black", lw=0.8, zorder=1)
     ax.margins(x=0.25, y=0.3)
-    batch = report["baseline"]["latency_ms"]["batch"]
+    batch = next((e["latency_ms"]["batch"] for e in measured), None)
     ax.set_xlabel(f"latency, batch {batch}, median (ms)")
     ax.set_ylabel("top-1 (%)" if report["metric"] == "top1" else "agreement with float (%)")
     ax.set_title(f"{report['model']['name']}: {report['recipe']['name']}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+    if measured:
+        ax.legend(loc="best", fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no artifact could run on this machine", ha="center", transform=ax.transAxes)
+    if skipped:
+        fig.text(0.01, 0.01, "not measured here: " + "; ".join(skipped), fontsize=6, wrap=True)
+    fig.tight_layout(rect=(0, 0.05 if skipped else 0, 1, 1))
     fig.savefig(path)
     plt.close(fig)

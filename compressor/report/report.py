@@ -1,4 +1,4 @@
-"""report.json (versioned schema), report.md, pareto.png and the resolved recipe.yaml.
+"""report.json (versioned schema), report.md/.html, pareto.png and the resolved recipe.yaml.
 
 Every accuracy and latency in the report was measured on an exported artifact in its runtime;
 the PyTorch simulation's accuracy is shown beside it with the gap, so a user sees when the
@@ -20,11 +20,12 @@ from compressor.io import LoadedModel
 from compressor.passes import PassRecord
 from compressor.recipe import SCHEMA_VERSION, Recipe
 from compressor.report.pareto import plot_pareto
+from compressor.report.render import render_html, render_markdown
 
 if TYPE_CHECKING:
     from exporters import Artifact
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
 TOOLS = ("compressor", "torch", "onnx", "onnxscript", "onnxruntime", "numpy")
 
 
@@ -43,36 +44,56 @@ def primary_batch(batch_sizes: list[int]) -> int:
     return 8 if 8 in batch_sizes else max(batch_sizes)
 
 
-def _latency(lat: dict[int, dict[str, float]], batch: int) -> dict[str, Any]:
+def _latency(lat: dict[int, dict[str, float]] | None, batch: int) -> dict[str, Any] | None:
+    if lat is None:
+        return None
     return {"batch": batch, "median": lat[batch]["median"], "p90": lat[batch]["p90"],
             "per_batch": {str(b): v for b, v in lat.items()}}
 
 
+def _entry(art: Artifact, measured: dict[str, Any], batch: int) -> dict[str, Any]:
+    """What one artifact measured in its runtime; numbers it could not measure are null and its
+    status says why, so nothing in the report is a stand-in for a measurement."""
+    reason = measured.get("not_measured")
+    return {
+        "target": art.target, "path": art.path.name, "precision": art.precision,
+        "status": f"not_measured: {reason}" if reason else "ok",
+        "accuracy": _round(measured.get("accuracy")), "accuracy_ci95": measured.get("accuracy_ci95"),
+        "sqnr_db_vs_float": measured.get("sqnr_db_vs_float"),
+        "latency_ms": _latency(measured.get("latency"), batch), "size_bytes": art.size_bytes,
+        "checks": _jsonable(art.meta),
+    }
+
+
+def _round(v: float | None, digits: int = 4) -> float | None:
+    return None if v is None else round(v, digits)
+
+
 def build_report(rec: Recipe, passes: list[PassRecord], loaded: LoadedModel, shape: tuple[int, ...],
-                 ev: dict[str, Any], baseline: Artifact, artifacts: dict[str, Artifact],
+                 ev: dict[str, Any], baselines: dict[str, Artifact], artifacts: dict[str, Artifact],
                  timings: dict[str, float], data: dict[str, Any]) -> dict[str, Any]:
     batch = primary_batch(ev["bench"]["batch_sizes"])
-    base_lat = ev["latency"]["baseline"]
-    entries = []
+    sim = ev["simulation"]
+    base_entries, entries = {}, []
     for name, art in artifacts.items():
-        lat = ev["latency"][name]
-        acc = ev["artifacts"][name]
-        speedup = base_lat[batch]["median"] / lat[batch]["median"]
-        entries.append({
-            "target": art.target, "path": art.path.name, "precision": art.precision,
-            "accuracy": round(acc["accuracy"], 4), "sim_accuracy": round(acc["sim_accuracy"], 4),
-            "sim_gap": round(acc["accuracy"] - acc["sim_accuracy"], 4),
-            "agreement_vs_baseline": round(acc["agreement_vs_baseline"], 4),
-            "sqnr_db_vs_float": acc["sqnr_db_vs_float"],
-            "max_abs_diff_vs_sim": acc["max_abs_diff_vs_sim"],
-            "latency_ms": _latency(lat, batch), "size_bytes": art.size_bytes,
-            "size_ratio_vs_baseline": round(art.size_bytes / baseline.size_bytes, 4),
-            "speedup_vs_baseline": round(speedup, 4),
-            "status": "ok" if speedup >= 1.0 else "slower_than_baseline",
-        })
-    headline = entries[0]
-    drop = ev["baseline"] - headline["accuracy"]
-    max_drop = ev["max_drop"]
+        measured = ev["targets"][name]
+        base = base_entries[name] = _entry(baselines[name], measured["baseline"], batch)
+        e = _entry(art, measured["artifact"], batch)
+        m = measured["artifact"]
+        e.update(baseline=base["path"], sim_accuracy=_round(sim["accuracy"]),
+                 sim_gap=_round(None if e["accuracy"] is None else e["accuracy"] - sim["accuracy"]),
+                 drop=m.get("drop"), drop_ci95=m.get("drop_ci95"),
+                 agreement_vs_baseline=_round(m.get("agreement_vs_baseline")),
+                 max_abs_diff_vs_sim=m.get("max_abs_diff_vs_sim"),
+                 size_ratio_vs_baseline=round(art.size_bytes / max(baselines[name].size_bytes, 1), 4),
+                 speedup_vs_baseline=None)
+        if e["latency_ms"] and base["latency_ms"]:
+            e["speedup_vs_baseline"] = round(base["latency_ms"]["median"] / e["latency_ms"]["median"], 4)
+            if e["speedup_vs_baseline"] < 1.0:
+                e["status"] = "slower_than_baseline"
+        entries.append(e)
+    gate = judge(entries, ev["metric"], ev["gate"].max_drop, ev["gate"].gate_on)
+    first = base_entries[next(iter(artifacts))]
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "tools": tool_versions(),
@@ -81,31 +102,56 @@ def build_report(rec: Recipe, passes: list[PassRecord], loaded: LoadedModel, sha
         "recipe": {"name": rec.name, "file": "recipe.yaml"},
         "data": data,
         "metric": ev["metric"],
-        "baseline": {"target": baseline.target, "path": baseline.path.name, "precision": baseline.precision,
-                     "accuracy": round(ev["baseline"], 4), "float_torch_accuracy": round(ev["float_torch"], 4),
-                     "latency_ms": _latency(base_lat, batch), "size_bytes": baseline.size_bytes},
+        "float_torch_accuracy": round(ev["float_torch"], 4),
+        "simulation": {"accuracy": round(sim["accuracy"], 4), "accuracy_ci95": sim["accuracy_ci95"]},
+        "baseline": {**first, "float_torch_accuracy": round(ev["float_torch"], 4)},
+        "baselines": base_entries,
         "artifacts": entries,
-        "accuracy_drop": round(drop, 4),
-        "gate": {"metric": ev["metric"], "max_drop": max_drop,
-                 "passed": True if max_drop is None else bool(drop <= max_drop + 1e-9)},
+        "accuracy_drop": gate["drop"],
+        "gate": gate,
+        "sensitivity": ev.get("sensitivity"),
         "benchmark": ev["bench"],
-        "passes": [{"name": p.name, "params": p.params, "seconds": p.seconds, "summary": _brief(p.summary)}
+        "passes": [{"name": p.name, "params": p.params, "seconds": p.seconds, "summary": _jsonable(p.summary)}
                    for p in passes],
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
 
 
-def _brief(summary: dict[str, Any]) -> dict[str, Any]:
-    """Per-layer tables stay in the report; infinite floats become strings for strict JSON."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return str(v)
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
+def judge(entries: list[dict[str, Any]], metric: str, max_drop: float | None, gate_on: str) -> dict[str, Any]:
+    """The gate's verdict per target and overall.
+
+    `point` compares the measured drop with `max_drop`; `lower-bound` compares the low end of the
+    drop's 95 % interval, so it fails only when the drop is significantly above the limit. A
+    target whose artifact cannot run here is not judged; if no target could be judged, a set
+    limit fails the gate: a CI check must not pass on numbers nobody measured.
+    """
+    per: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e["drop"] is None:
+            per[e["target"]] = {"passed": None, "status": e["status"] if e["accuracy"] is None
+                                else f"not_measured: {e['target']} float baseline did not run"}
+            continue
+        value = e["drop"] if gate_on == "point" else e["drop_ci95"][0]
+        passed = max_drop is None or value <= max_drop + 1e-9
+        per[e["target"]] = {"passed": passed, "drop": e["drop"], "drop_ci95": e["drop_ci95"], "judged": value}
+    judged = [p for p in per.values() if p["passed"] is not None]
+    drop = max((p["drop"] for p in judged), default=None)
+    passed = all(p["passed"] for p in judged) if judged else max_drop is None
+    return {"metric": metric, "max_drop": max_drop, "gate_on": gate_on, "passed": passed, "drop": drop,
+            "targets": per}
+
+
+def _jsonable(v: Any) -> Any:
+    """Strict JSON: infinite floats become strings, tuples lists, other objects their str()."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
         return v
-    return clean(summary)
+    return str(v)
 
 
 def resolved_recipe(rec: Recipe, passes: list[PassRecord], data: dict[str, Any]) -> dict[str, Any]:
@@ -117,69 +163,14 @@ def resolved_recipe(rec: Recipe, passes: list[PassRecord], data: dict[str, Any])
     return d
 
 
-def _headline(summary: dict[str, Any]) -> str:
-    """A pass summary's scalar facts (and op counts) on one line; per-layer tables stay in the JSON."""
-    parts = []
-    for key, value in summary.items():
-        if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
-            parts.append(f"{key} " + ", ".join(f"{k} {v}" for k, v in value.items()))
-        elif isinstance(value, (int, float, str, bool)):
-            parts.append(f"{key} {value}")
-    return "; ".join(parts) or "-"
-
-
-def render_markdown(r: dict[str, Any]) -> str:
-    b, metric = r["baseline"], r["metric"]
-    unit = "top-1 %" if metric == "top1" else "agreement with float %"
-    lat_b = b["latency_ms"]["batch"]
-    lines = [
-        f"# Compression report: {r['model']['name']} with `{r['recipe']['name']}`",
-        "",
-        f"Gate: **{'PASSED' if r['gate']['passed'] else 'FAILED'}**: accuracy drop {r['accuracy_drop']:.2f} points"
-        + (f" (max allowed {r['gate']['max_drop']})" if r['gate']['max_drop'] is not None else " (no limit set)"),
-        "",
-        f"Metric: {unit}, on {r['data']['evaluation']['count']} images of {r['data']['evaluation']['source']}; "
-        f"every number below was measured on the artifact in its runtime, the simulation (PyTorch) beside it.",
-        "",
-        f"| artifact | precision | accuracy | simulation | gap | latency b{lat_b} median / p90 (ms) "
-        "| speedup | size (MB) | status |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {b['path']} | {b['precision']} | {b['accuracy']:.2f} | {b['float_torch_accuracy']:.2f} (torch) | - | "
-        f"{b['latency_ms']['median']:.2f} / {b['latency_ms']['p90']:.2f} | 1.00x | {b['size_bytes'] / 1e6:.2f} | "
-        "baseline |",
-    ]
-    for a in r["artifacts"]:
-        lines.append(
-            f"| {a['path']} | {a['precision']} | {a['accuracy']:.2f} | {a['sim_accuracy']:.2f} | "
-            f"{a['sim_gap']:+.2f} | {a['latency_ms']['median']:.2f} / {a['latency_ms']['p90']:.2f} | "
-            f"{a['speedup_vs_baseline']:.2f}x | {a['size_bytes'] / 1e6:.2f} | {a['status']} |")
-    bench = r["benchmark"]
-    lines += ["", f"Latency: {bench['threads']} threads, {bench['warmup']} warm-up runs, then at least {bench['runs']} "
-              f"timed rounds per batch size and at least {bench['min_seconds']} s of timing, artifacts interleaved "
-              "round by round.", "", "## Latency by batch size (median ms)", "",
-              "| batch | " + " | ".join([b["path"]] + [a["path"] for a in r["artifacts"]]) + " |",
-              "|---|" + "---|" * (1 + len(r["artifacts"]))]
-    for batch in b["latency_ms"]["per_batch"]:
-        row = [b["latency_ms"]["per_batch"][batch]["median"]]
-        row += [a["latency_ms"]["per_batch"][batch]["median"] for a in r["artifacts"]]
-        lines.append(f"| {batch} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
-    lines += ["", "## Passes", ""]
-    for p in r["passes"]:
-        lines.append(f"- `{p['name']}` ({p['seconds']:.1f} s): {_headline(p['summary'])}")
-    cal = r["data"]["calibration"]
-    lines += ["", f"Calibration: {cal['count']} images from {cal['source']} (sha256 {cal['sha256'][:16]}…).",
-              "Timings (s): " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items()), "",
-              "![accuracy vs latency](pareto.png)", ""]
-    return "\n".join(lines)
-
-
 def write_report(folder: Path, rec: Recipe, passes: list[PassRecord], loaded: LoadedModel,
-                 shape: tuple[int, ...], ev: dict[str, Any], baseline: Artifact, artifacts: dict[str, Artifact],
-                 timings: dict[str, float], data: dict[str, Any]) -> dict[str, Any]:
-    """Write report.json, report.md, pareto.png and recipe.yaml into `folder`; return the report."""
-    report = build_report(rec, passes, loaded, shape, ev, baseline, artifacts, timings, data)
+                 shape: tuple[int, ...], ev: dict[str, Any], baselines: dict[str, Artifact],
+                 artifacts: dict[str, Artifact], timings: dict[str, float], data: dict[str, Any]) -> dict[str, Any]:
+    """Write report.json, report.md, report.html, pareto.png and recipe.yaml into `folder`."""
+    report = build_report(rec, passes, loaded, shape, ev, baselines, artifacts, timings, data)
     (folder / "report.json").write_text(json.dumps(report, indent=2))
-    (folder / "report.md").write_text(render_markdown(report))
-    (folder / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(rec, passes, data), sort_keys=False))
     plot_pareto(report, folder / "pareto.png")
+    (folder / "report.md").write_text(render_markdown(report))
+    (folder / "report.html").write_text(render_html(report, (folder / "pareto.png").read_bytes()))
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(rec, passes, data), sort_keys=False))
     return report

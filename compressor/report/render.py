@@ -1,0 +1,171 @@
+"""report.md and report.html from one report dict.
+
+Both formats are built from the same table model (`tables`), so the Markdown a CI job posts and
+the HTML a person opens can never disagree. The HTML is one self-contained file (the Pareto plot
+is inlined as a data URI), so it can be attached to a build or mailed without its folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from typing import Any
+
+Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows)
+
+
+def _num(v: float | None, fmt: str = ".2f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _ci(v: float | None, ci: list[float] | None, signed: bool = False) -> str:
+    if v is None:
+        return "-"
+    fmt = "+.2f" if signed else ".2f"
+    return f"{format(v, fmt)} [{format(ci[0], fmt)}, {format(ci[1], fmt)}]" if ci else format(v, fmt)
+
+
+def _lat(e: dict[str, Any]) -> str:
+    lat = e["latency_ms"]
+    return "-" if lat is None else f"{lat['median']:.2f} / {lat['p90']:.2f}"
+
+
+def _status(e: dict[str, Any], baseline: bool) -> str:
+    return ("baseline" if e["status"] == "ok" else e["status"]) if baseline else e["status"]
+
+
+def artifact_table(r: dict[str, Any]) -> Table:
+    """Per target: its float artifact, then the compressed one, every number from the runtime."""
+    batch = r["benchmark"]["batch_sizes"]
+    b = 8 if 8 in batch else max(batch)
+    header = ["artifact", "target", "precision", "accuracy [95% CI]", "simulation", "sim gap",
+              "drop [95% CI]", f"b{b} median / p90 ms", "speedup", "MB", "status"]
+    rows = []
+    for a in r["artifacts"]:
+        base = r["baselines"][a["target"]]
+        rows.append([base["path"], base["target"], base["precision"], _ci(base["accuracy"], base["accuracy_ci95"]),
+                     f"{r['float_torch_accuracy']:.2f} (torch)", "-", "-", _lat(base), "1.00x",
+                     f"{base['size_bytes'] / 1e6:.2f}", _status(base, True)])
+        speed = "-" if a["speedup_vs_baseline"] is None else f"{a['speedup_vs_baseline']:.2f}x"
+        rows.append([a["path"], a["target"], a["precision"], _ci(a["accuracy"], a["accuracy_ci95"]),
+                     _num(a["sim_accuracy"]), _num(a["sim_gap"], "+.2f"), _ci(a["drop"], a["drop_ci95"], True),
+                     _lat(a), speed, f"{a['size_bytes'] / 1e6:.2f}", _status(a, False)])
+    return "Artifacts", header, rows
+
+
+def latency_table(r: dict[str, Any]) -> Table | None:
+    entries = [e for a in r["artifacts"] for e in (r["baselines"][a["target"]], a) if e["latency_ms"]]
+    if not entries:
+        return None
+    rows = [[batch] + [f"{e['latency_ms']['per_batch'][batch]['median']:.2f}" for e in entries]
+            for batch in entries[0]["latency_ms"]["per_batch"]]
+    return "Latency by batch size (median ms)", ["batch"] + [e["path"] for e in entries], rows
+
+
+def gate_table(r: dict[str, Any]) -> Table:
+    g = r["gate"]
+    rows = []
+    for target, v in g["targets"].items():
+        if v["passed"] is None:
+            rows.append([target, "-", "-", "not judged: " + v["status"]])
+        else:
+            rows.append([target, _ci(v["drop"], v["drop_ci95"], True), f"{v['judged']:+.2f}",
+                         "passed" if v["passed"] else "FAILED"])
+    judged = "drop" if g["gate_on"] == "point" else "lower end of the drop's 95% interval"
+    return f"Gate per target (judged on the {judged})", ["target", "drop [95% CI]", "judged", "verdict"], rows
+
+
+def sensitivity_table(r: dict[str, Any]) -> Table | None:
+    rows_in = r.get("sensitivity") or []
+    if not rows_in:
+        return None
+    header = ["layer", "kind", "SQNR dB", "accuracy, only this layer quantized", "change"]
+    rows = [[s["layer"], s.get("kind", "-"), _num(s.get("sqnr_db"), ".1f"), _num(s.get("accuracy_only_this")),
+             _num(s.get("delta"), "+.2f")] for s in rows_in]
+    return "Per-layer sensitivity", header, rows
+
+
+def tables(r: dict[str, Any]) -> list[Table]:
+    found = [artifact_table(r), gate_table(r), latency_table(r), sensitivity_table(r)]
+    return [t for t in found if t is not None]
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    g = r["gate"]
+    word = "PASSED" if g["passed"] else "FAILED"
+    if g["drop"] is None:
+        return f"{word}: no artifact could be measured on this machine"
+    limit = f"max allowed {g['max_drop']}, on the {g['gate_on']}" if g["max_drop"] is not None else "no limit set"
+    return f"{word}: worst accuracy drop {g['drop']:.2f} points ({limit})"
+
+
+def _intro(r: dict[str, Any]) -> str:
+    unit = "top-1 %" if r["metric"] == "top1" else "agreement with float %"
+    ev = r["data"]["evaluation"]
+    bench = r["benchmark"]
+    return (f"Metric: {unit} on {ev['count']} images of {ev['source']}. Every accuracy and latency was measured on "
+            "the artifact in its own runtime; the PyTorch simulation is shown beside it. Speedups compare with the "
+            f"float artifact of the same target. Latency: {bench['threads']} threads, {bench['warmup']} warm-up "
+            f"runs, at least {bench['runs']} timed rounds and {bench['min_seconds']} s per batch size, all artifacts "
+            "interleaved round by round.")
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    """A pass summary's scalar facts (and op counts) on one line; per-layer tables stay in the JSON."""
+    parts = []
+    for key, value in summary.items():
+        if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            parts.append(f"{key} " + ", ".join(f"{k} {v}" for k, v in value.items()))
+        elif isinstance(value, (int, float, str, bool)):
+            parts.append(f"{key} {value}")
+    return "; ".join(parts) or "-"
+
+
+def _footer(r: dict[str, Any]) -> list[str]:
+    cal = r["data"]["calibration"]
+    return [f"Calibration: {cal['count']} images from {cal['source']} (sha256 {cal['sha256'][:16]}…).",
+            "Timings (s): " + ", ".join(f"{k} {v}" for k, v in r["timings_s"].items())]
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    lines = [f"# Compression report: {r['model']['name']} with `{r['recipe']['name']}`", "",
+             f"Gate: **{_verdict(r)}**", "", _intro(r), ""]
+    for title, header, rows in tables(r):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    lines += ["## Passes", ""]
+    lines += [f"- `{p['name']}` ({p['seconds']:.1f} s): {_headline(p['summary'])}" for p in r["passes"]]
+    lines += ["", *_footer(r), "", "![accuracy vs latency](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;
+text-align:left}th{background:#f3f3f3}.passed{color:#176f2c}.failed{color:#b00020}img{max-width:100%}
+td.bad{color:#b00020}"""
+
+
+def render_html(r: dict[str, Any], pareto_png: bytes | None = None) -> str:
+    """One self-contained page: tables, verdict, passes and the inlined Pareto plot."""
+    e = html.escape
+    verdict_class = "passed" if r["gate"]["passed"] else "failed"
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             f"<title>{e(r['model']['name'])}: {e(r['recipe']['name'])}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Compression report: {e(r['model']['name'])} with <code>{e(r['recipe']['name'])}</code></h1>",
+             f"<p class='{verdict_class}'><b>Gate: {e(_verdict(r))}</b></p>", f"<p>{e(_intro(r))}</p>"]
+    for title, header, rows in tables(r):
+        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        for row in rows:
+            cells = "".join(f"<td{' class=bad' if c in ('FAILED', 'slower_than_baseline') else ''}>{e(c)}</td>"
+                            for c in row)
+            parts.append(f"<tr>{cells}</tr>")
+        parts.append("</table>")
+    if pareto_png:
+        data = base64.b64encode(pareto_png).decode("ascii")
+        parts.append(f"<h2>Accuracy vs latency</h2><img alt='accuracy vs latency' src='data:image/png;base64,{data}'>")
+    parts.append("<h2>Passes</h2><ul>")
+    parts += [f"<li><code>{e(p['name'])}</code> ({p['seconds']:.1f} s): {e(_headline(p['summary']))}</li>"
+              for p in r["passes"]]
+    parts.append("</ul>" + "".join(f"<p>{e(line)}</p>" for line in _footer(r)) + "</body></html>")
+    return "\n".join(parts)
