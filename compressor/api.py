@@ -139,7 +139,7 @@ def compress(
         baselines, artifacts = {}, {}
         for name, ex in exporters.items():  # each target's own float artifact: speedups compare like with like
             bar.info(f"export {name}")
-            baselines[name] = ex.export(baseline_graph, staging / f"baseline{ex.suffix}", "fp32")
+            baselines[name] = ex.for_baseline().export(baseline_graph, staging / f"baseline{ex.suffix}", "fp32")
             artifacts[name] = ex.export(graph, staging / f"model{ex.suffix}", precision)
         timings["export_s"] = time.perf_counter() - t
 
@@ -314,11 +314,11 @@ def _evaluate(loaded: LoadedModel, graph: Graph, baselines: dict[str, Artifact],
             "top1_labels": top1(ref) if data.has_labels else None, "bench": bench.model_dump()}
 
 
-def _sensitivity(float_graph: Graph, graph: Graph, data: DataSource, metric: str, bar: Progress) -> list[dict]:
+def _sensitivity(float_graph: Graph, graph: Graph, data: DataSource, metric: str, bar: Progress) -> dict[str, Any]:
     from compressor.eval.sensitivity import layer_sensitivity
 
     return layer_sensitivity(float_graph, graph, data, metric=metric, batch_size=graph.fixed_batch or EVAL_BATCH,
-                             progress=bar)
+                             progress=bar).as_dict()
 
 
 def _measurement(out: Outputs, ref: Outputs, metric: str) -> dict[str, Any]:

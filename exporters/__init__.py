@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from compressor.errors import CompressorError
 from exporters.base import Artifact, Exporter, ExportOptions, atomic_dir, atomic_path
+from exporters.coreml import CoreMLArtifact, CoreMLExporter
+from exporters.executorch import ExecuTorchArtifact, ExecuTorchExporter
 from exporters.onnx import OnnxArtifact, OnnxExporter
 from exporters.tensorrt import TensorRTArtifact, TensorRTExporter
 from exporters.torch_program import TorchArtifact, TorchExporter
 from exporters.tvm import TvmArtifact, TvmExporter
 
 EXPORTERS: dict[str, type[Exporter]] = {
-    e.target: e for e in (OnnxExporter, TensorRTExporter, TorchExporter, TvmExporter)
+    e.target: e
+    for e in (CoreMLExporter, ExecuTorchExporter, OnnxExporter, TensorRTExporter, TorchExporter, TvmExporter)
 }
 
 
@@ -27,7 +30,7 @@ def get_exporter(name: str, **options: object) -> Exporter:
 
 
 __all__ = [
-    "EXPORTERS", "Artifact", "ExportOptions", "Exporter", "OnnxArtifact", "OnnxExporter", "TensorRTArtifact",
-    "TensorRTExporter", "TorchArtifact", "TorchExporter", "TvmArtifact", "TvmExporter", "atomic_dir", "atomic_path",
-    "get_exporter",
+    "EXPORTERS", "Artifact", "CoreMLArtifact", "CoreMLExporter", "ExecuTorchArtifact", "ExecuTorchExporter",
+    "ExportOptions", "Exporter", "OnnxArtifact", "OnnxExporter", "TensorRTArtifact", "TensorRTExporter",
+    "TorchArtifact", "TorchExporter", "TvmArtifact", "TvmExporter", "atomic_dir", "atomic_path", "get_exporter",
 ]

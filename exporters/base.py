@@ -94,6 +94,11 @@ class Exporter(ABC):
         """(True, '') if the backend imports here, else (False, reason naming the extra)."""
         return True, ""
 
+    def for_baseline(self) -> Exporter:
+        """The exporter for the float baseline of this target. Options that compress on their own
+        (CoreML's weight palettization) are switched off there, or the baseline would not be float."""
+        return self
+
     @abstractmethod
     def export(self, graph: Graph, path: Path, precision: str) -> Artifact:
         """Write `graph` to `path` atomically and return the runnable artifact."""
