@@ -110,8 +110,12 @@ def test_python_api_with_module_and_loaders(tmp_path):
     calib = [x for x, _ in open_source(ROOT / "calibration_data" / "mnist" / "calib", spec).batches(50, 200)]
     evals = list(open_source(TEST_SPLIT, spec).batches(100, 300))
     res = compressor.compress(model, recipe="int8-ptq", calib=calib, eval_data=evals, export=["onnx"],
-                              out_dir=tmp_path / "out", batch_sizes=[1])
+                              out_dir=tmp_path / "out", batch_sizes=[1], sensitivity=True)
     assert res.artifacts["onnx"].path == tmp_path / "out" / "model.onnx" and res.artifacts["onnx"].path.exists()
+    sens = res.report["sensitivity"]
+    assert sens["images"] == 300 and len(sens["rows"]) == 10  # 9 convs + fc
+    assert sens["quantized_accuracy"] == pytest.approx(res.report["simulation"]["accuracy"], abs=1e-3)
+    assert "Per-layer sensitivity" in (tmp_path / "out" / "report.md").read_text()
     assert res.report["data"]["evaluation"]["count"] == 300 and res.report["metric"] == "top1"
     assert res.passed_gate and res.accuracy_drop <= 1.0
 

@@ -14,8 +14,9 @@ from typing import Any
 Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows)
 
 
-def _num(v: float | None, fmt: str = ".2f") -> str:
-    return "-" if v is None else format(v, fmt)
+def _num(v: float | str | None, fmt: str = ".2f") -> str:
+    """A number cell; strings pass through (strict JSON keeps an infinite SQNR as "inf")."""
+    return "-" if v is None else v if isinstance(v, str) else format(v, fmt)
 
 
 def _ci(v: float | None, ci: list[float] | None, signed: bool = False) -> str:
@@ -76,13 +77,19 @@ def gate_table(r: dict[str, Any]) -> Table:
 
 
 def sensitivity_table(r: dict[str, Any]) -> Table | None:
-    rows_in = r.get("sensitivity") or []
-    if not rows_in:
+    """Graph order, so trends along the depth show; `rank` 1 is the layer that costs most alone."""
+    sens = r.get("sensitivity")
+    if not sens:
         return None
-    header = ["layer", "kind", "SQNR dB", "accuracy, only this layer quantized", "change"]
-    rows = [[s["layer"], s.get("kind", "-"), _num(s.get("sqnr_db"), ".1f"), _num(s.get("accuracy_only_this")),
-             _num(s.get("delta"), "+.2f")] for s in rows_in]
-    return "Per-layer sensitivity", header, rows
+    header = ["rank", "layer", "kind", "bits", "output SQNR dB", "accuracy, only this layer quantized", "change",
+              "logit SQNR dB, only this layer"]
+    rows = [[str(s["rank"]), s["layer"], s["kind"], s["bits"], _num(s["sqnr_db"], ".1f"),
+             _num(s["accuracy_only_this"]), _num(s["delta"], "+.2f"), _num(s["logit_sqnr_db"], ".1f")]
+            for s in sens["rows"]]
+    title = (f"Per-layer sensitivity ({sens['images']} images: float {sens['float_accuracy']:.2f}, fully quantized "
+             f"{sens['quantized_accuracy']:.2f}; output SQNR accumulates along the network, the change and logit "
+             "SQNR are each layer's own)")
+    return title, header, rows
 
 
 def tables(r: dict[str, Any]) -> list[Table]:

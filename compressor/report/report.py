@@ -109,7 +109,7 @@ def build_report(rec: Recipe, passes: list[PassRecord], loaded: LoadedModel, sha
         "artifacts": entries,
         "accuracy_drop": gate["drop"],
         "gate": gate,
-        "sensitivity": ev.get("sensitivity"),
+        "sensitivity": _jsonable(ev.get("sensitivity")),
         "benchmark": ev["bench"],
         "passes": [{"name": p.name, "params": p.params, "seconds": p.seconds, "summary": _jsonable(p.summary)}
                    for p in passes],
