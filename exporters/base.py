@@ -67,6 +67,18 @@ def in_fixed_batches(run: Runner, batch: int) -> Runner:
     return run_any
 
 
+def in_chunks(run: Runner, most: int) -> Runner:
+    """A runner for any batch size over a dynamic-batch one that takes at most `most` rows (a
+    planned memory capacity, a bounded predict call): split without padding."""
+
+    def run_any(x: np.ndarray) -> np.ndarray:
+        if len(x) <= most:
+            return run(x)
+        return np.concatenate([run(x[i:i + most]) for i in range(0, len(x), most)]).astype(np.float32, copy=False)
+
+    return run_any
+
+
 class ExportOptions(BaseModel):
     """Per-target settings (recipe `export_options: {target: {...}}`); unknown keys are errors."""
 

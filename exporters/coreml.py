@@ -46,7 +46,7 @@ from pydantic import Field
 
 from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
-from exporters.base import Artifact, Exporter, ExportOptions, atomic_dir, in_fixed_batches
+from exporters.base import Artifact, Exporter, ExportOptions, atomic_dir, in_chunks, in_fixed_batches
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -111,7 +111,7 @@ class CoreMLArtifact(Artifact):
             return np.asarray(out[out_name], dtype=np.float32)
 
         batch = self.meta.get("batch")
-        return in_fixed_batches(run, int(batch)) if batch else _in_chunks(run, PREDICT_CHUNK)
+        return in_fixed_batches(run, int(batch)) if batch else in_chunks(run, PREDICT_CHUNK)
 
     def inspect(self) -> dict[str, Any]:
         """What the saved package holds, read back from disk (so it describes the file that ships)."""
@@ -120,16 +120,6 @@ class CoreMLArtifact(Artifact):
 
 MAX_BATCH = 4096  # the symbolic batch's upper bound in the exported program (Core ML needs a finite range)
 PREDICT_CHUNK = 64  # rows per predict call: bounded memory on a phone-sized budget, no padding needed
-
-
-def _in_chunks(run: Runner, rows: int) -> Runner:
-    """A dynamic-batch package takes any batch up to MAX_BATCH; an evaluation set is split rather
-    than padded (padding would waste the work `in_fixed_batches` saves a static program)."""
-
-    def run_any(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([run(x[i:i + rows]) for i in range(0, len(x), rows)]).astype(np.float32, copy=False)
-
-    return run_any
 
 
 class CoreMLExporter(Exporter):

@@ -43,7 +43,7 @@ from pydantic import Field
 
 from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
-from exporters.base import Artifact, Exporter, ExportOptions, atomic_path, in_fixed_batches
+from exporters.base import Artifact, Exporter, ExportOptions, atomic_path, in_chunks, in_fixed_batches
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -55,18 +55,7 @@ class ExecuTorchArtifact(Artifact):
     def runner(self, threads: int) -> Runner:
         run = _PteRunner(self.path, threads)
         batch = self.meta.get("batch")
-        return in_fixed_batches(run, int(batch)) if isinstance(batch, int) else _in_chunks(run, run.capacity)
-
-
-def _in_chunks(run: Runner, most: int) -> Runner:
-    """A dynamic-batch program over any batch: chunks of at most its planned capacity."""
-
-    def run_any(x: np.ndarray) -> np.ndarray:
-        if len(x) <= most:
-            return run(x)
-        return np.concatenate([run(x[i:i + most]) for i in range(0, len(x), most)])
-
-    return run_any
+        return in_fixed_batches(run, int(batch)) if isinstance(batch, int) else in_chunks(run, run.capacity)
 
 
 class ExecuTorchOptions(ExportOptions):
@@ -277,7 +266,7 @@ class _PteRunner:
 def _verify(path: Path, graph: Graph, static: int | None) -> float:
     x = graph.example_inputs[0]
     pte = _PteRunner(path, torch.get_num_threads())
-    run = in_fixed_batches(pte, static) if static else _in_chunks(pte, pte.capacity)
+    run = in_fixed_batches(pte, static) if static else in_chunks(pte, pte.capacity)
     got = run(x.numpy())
     with torch.no_grad():
         want = graph.gm(*graph.example_inputs)
