@@ -88,3 +88,37 @@ def test_cnn_and_sdpa_vit(mnist_calib_tensor):
     sdpa = zoo.build("vit_mnist_sdpa", depth=2).eval()
     g, record = _quantize(sdpa, mnist_calib_tensor)
     assert record.summary["sdpa_decomposed"] == 2 and record.summary["quantized_ops"]["matmul"] == 4
+
+
+def _linear_gemm_outputs(g):
+    """The 2-D result (matmul, or its bias add) of every quantized Linear, found from its weight's DQ (axis 1)."""
+    outs = []
+    for w_dq, note in g.annotated("quant"):
+        if note["axis"] == 1:
+            (mm,) = w_dq.users
+            users = list(mm.users)
+            outs.append(users[0] if len(users) == 1 and users[0].target == torch.ops.aten.add.Tensor else mm)
+    return outs
+
+
+def test_quantize_linear_output(vit_tiny, mnist_calib_tensor):
+    g, record = _quantize(vit_tiny, mnist_calib_tensor, quantize_linear_output=True)
+    outs = _linear_gemm_outputs(g)
+    assert len(outs) == 9
+    # every Linear feeds its own quantizer directly (DQ -> linear -> Q, XNNPACK's int8 Linear), on the 2-D view
+    for out in outs:
+        (q,) = out.users
+        assert q.target is QUANTIZE
+    # q, k and v are views of the qkv output: their quantizers reuse its scale (exact), no second rounding
+    shared = [a for a in record.summary["activations"] if "same_as" in a]
+    assert len(shared) == 3 * 2
+    scales = {a["tensor"]: a["scale"] for a in record.summary["activations"]}
+    assert all(a["scale"] == scales[a["same_as"]] for a in shared)
+    n_q = sum(1 for n in g.nodes if n.target is QUANTIZE)
+    assert n_q == record.summary["activation_quantizers"] == 3 + 2 * (4 + 4) + 9
+    assert _sqnr(g(mnist_calib_tensor), vit_tiny(mnist_calib_tensor)) > 25
+    # off (the default): Linear outputs stay float, the graph is what it always was
+    g0, _ = _quantize(vit_tiny, mnist_calib_tensor)
+    assert not any(u.target is QUANTIZE for out in _linear_gemm_outputs(g0) for u in out.users)
+    g1, _ = _quantize(vit_tiny, mnist_calib_tensor, quantize_linear_output=False)
+    assert g1.gm.code == g0.gm.code

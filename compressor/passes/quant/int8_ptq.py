@@ -14,6 +14,15 @@ batch it does not for 3-D inputs) and then DQ-Gemm-DQ(int32 bias) into one QGemm
 output. With a float bias, or on 3-D inputs, it leaves MatMulIntegerToFloat plus a float Add, or
 fuses nothing, and the int8 model runs slower than the float one.
 
+`quantize_linear_output` (off by default; for ExecuTorch/XNNPACK): XNNPACK runs a Linear in int8
+only when its output is quantized again (DQ → linear → Q), so this also quantizes each quantized
+Linear's output per tensor (after a ReLU that follows, as for Conv), on the 2-D (B·N, C) view right
+after the bias add, the reshape back to (B, N, C) behind the DQ. A quantizer downstream of that
+output through ops that only move elements (reshape, permute, unbind, transpose: q, k and v of a
+fused qkv) is not observed on its own but reuses the Linear output's scale and zero point: its
+input already lies on that grid, so it rounds nothing (exact) and costs no calibration. A quantizer
+behind real arithmetic (GELU, the residual add) keeps its own range: the value is rounded twice.
+
 `reduce_range` (7-bit weights): on x86 CPUs without VNNI, ONNX Runtime's u8×s8 kernels add pairs
 of products in int16 with saturation (VPMADDUBSW); 255·127·2 overflows, 255·64·2 does not.
 "auto" picks 7 bits when the CPU lacks VNNI, so the simulation equals what the runtime computes.
@@ -22,6 +31,7 @@ of products in int16 with saturation (VPMADDUBSW); 255·127·2 overflows, 255·6
 from __future__ import annotations
 
 import fnmatch
+import operator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +69,9 @@ class Int8PTQParams(PassParams):
     quantize_attention: bool = Field(True, description="quantize both operands of q·kᵀ and softmax·v")
     quantize_conv_output: bool = Field(
         True, description="quantize Conv outputs (after a ReLU that follows) so runtimes fuse an int8 Conv")
+    quantize_linear_output: bool = Field(
+        False, description="quantize Linear outputs (after a ReLU that follows) so XNNPACK runs an int8 Linear; "
+                           "ONNX Runtime's QGemm wants them float")
     skip: list[str] = Field(default_factory=list, description="module paths (glob) kept in float")
     histogram_bins: int = Field(2048, ge=64, le=65536, multiple_of=4)
 
@@ -85,10 +98,14 @@ class Int8PTQ(Pass):
             p.reduce_range = not cpu_has_vnni()
         decomposed = decompose_sdpa(graph) if p.quantize_attention else 0
         targets = self._targets(graph)
-        outputs = _conv_outputs(targets) if p.quantize_conv_output else []
-        observers = insert_observers(graph, targets, self._make_observer, outputs)
+        kinds = [k for k, on in (("conv", p.quantize_conv_output), ("linear", p.quantize_linear_output)) if on]
+        outputs = _gemm_outputs(targets, kinds)
+        views = _views_of(targets, _gemm_outputs(targets, ["linear"])) if p.quantize_linear_output else {}
+        inputs = [(node, [i for i in pos if (node, i) not in views]) for node, pos in targets]
+        observers = insert_observers(graph, inputs, self._make_observer, outputs)
         calibrate(graph, ctx)
         act_params = self._insert_activation_qdq(graph, observers)
+        act_params += _requantize_views(graph, views)
         layers = [self._quantize_weight(graph, node) for node, _ in targets if _weight_arg(graph, node)]
         graph.drop_unused_attrs()
         graph.recompile()
@@ -195,7 +212,7 @@ class Int8PTQ(Pass):
             if bias is not None:
                 out = graph.call(aten.add.Tensor, (out, bias), before=node, like=node)
             if lead is not None:
-                out = graph.call(aten.reshape.default, (out, [-1, *lead, w.shape[1]]), before=node, like=node)
+                out = _unflatten(graph, node, out, [-1, *lead, w.shape[1]])
             if sparsity is not None:  # the weight is now stored [in, out]: groups run along axis 0
                 graph.annotate(w_dq, "sparsity", {**sparsity, "mask": sparsity["mask"].t(), "axis": 0})
             node.replace_all_uses_with(out)
@@ -211,18 +228,89 @@ class Int8PTQ(Pass):
                 "weight_sqnr_db": round(float(-10 * torch.log10(err.clamp_min(1e-20))), 2)}
 
 
-def _conv_outputs(targets: list[tuple[fx.Node, list[int]]]) -> list[fx.Node]:
-    """Where a Conv's output is quantized: after its ReLU if one follows directly.
+#: Ops that only select, reorder or copy elements: a quantized value stays on its grid through them.
+_VIEW_OPS = (aten.reshape.default, aten.view.default, aten.permute.default, aten.transpose.int, aten.unbind.int,
+             aten.select.int, aten.slice.Tensor, aten.split.Tensor, aten.flatten.using_ints, aten.unflatten.int,
+             aten.squeeze.dim, aten.unsqueeze.default, aten.expand.default, aten.clone.default, operator.getitem)
+
+
+def _gemm_outputs(targets: list[tuple[fx.Node, list[int]]], kinds: list[str]) -> list[fx.Node]:
+    """Where the output of a Conv/Linear of `kinds` is quantized: after its ReLU if one follows directly.
 
     ONNX Runtime fuses DQ → Conv → Q into an int8 Conv (and drops a ReLU before a Q whose zero
-    point is 0); a Conv without an output Q stays float.
+    point is 0), XNNPACK likewise DQ → conv/linear → [relu] → Q; a GEMM without an output Q stays float.
     """
     outs = []
     for node, _ in targets:
-        if is_kind(node, "conv"):
+        if any(is_kind(node, k) for k in kinds):
             users = list(node.users)
             outs.append(users[0] if len(users) == 1 and is_kind(users[0], "relu") else node)
     return outs
+
+
+def _views_of(targets: list[tuple[fx.Node, list[int]]], outputs: list[fx.Node]) -> dict[tuple[fx.Node, int], fx.Node]:
+    """(consumer, argument position) → quantized output, for quantized inputs that are that output seen
+    through view ops only (q, k and v sliced from a qkv Linear's output)."""
+    views = {}
+    for node, positions in targets:
+        for i in positions:
+            src = node.args[i]
+            while src not in outputs and isinstance(src, fx.Node) and src.op == "call_function" \
+                    and src.target in _VIEW_OPS:
+                src = src.args[0]
+            if src in outputs and src is not node.args[i]:
+                views[node, i] = src
+    return views
+
+
+def _requantize_views(graph: Graph, views: dict[tuple[fx.Node, int], fx.Node]) -> list[dict[str, Any]]:
+    """Q/DQ on each viewed input with the scale and zero point of the output it views (exact: the
+    values are already on that grid); one pair per distinct input tensor."""
+    made: dict[fx.Node, fx.Node] = {}
+    records = []
+    for (node, i), out in views.items():
+        src = node.args[i]
+        if src not in made:
+            q_out = next(u for u in out.users if u.target is ops.QUANTIZE)
+            made[src] = _requantize(graph, src, q_out)
+            records.append({"tensor": src.name, "module": graph.module_path(src) or src.name, "same_as": out.name,
+                            "scale": float(graph.attr(q_out.args[1])), "zero_point": int(graph.attr(q_out.args[2]))})
+        node.update_arg(i, made[src])
+    return records
+
+
+def _requantize(graph: Graph, src: fx.Node, like_q: fx.Node) -> fx.Node:
+    """DQ(Q(src)) with the qparams of the quantize node `like_q`, inserted right after `src`."""
+    q = graph.call(ops.QUANTIZE, (src, *like_q.args[1:]), after=src, like=src)
+    return graph.call(ops.DEQUANTIZE, (q, *like_q.args[1:]), after=q, like=src)
+
+
+def _unflatten(graph: Graph, node: fx.Node, out: fx.Node, shape: list[int]) -> fx.Node:
+    """`out`, the 2-D result of Linear `node`, reshaped to `shape`; when `node`'s output is quantized
+    ([relu] → Q → DQ), that chain moves onto the 2-D result and the reshape behind its DQ, so the GEMM
+    feeds its quantizer directly (the int8 Linear pattern of XNNPACK, QGemm's of ONNX Runtime).
+
+    A GEMM that read the old DQ (as an input it quantizes) gets a DQ again, on the same grid."""
+    chain, users = [], list(node.users)
+    if len(users) == 1 and is_kind(users[0], "relu"):
+        chain, users = [users[0]], list(users[0].users)
+    if not (len(users) == 1 and users[0].target is ops.QUANTIZE and len(users[0].users) == 1):
+        return graph.call(aten.reshape.default, (out, shape), before=node, like=node)
+    q = users[0]
+    dq = next(iter(q.users))
+    for old in [*chain, q, dq]:
+        out = graph.call(old.target, (out, *old.args[1:]), before=dq, like=old)
+    out = graph.call(aten.reshape.default, (out, shape), before=dq, like=node)
+    gemm_uses = [(u, i) for u in dq.users for i, a in enumerate(u.args)
+                 if a is dq and any(is_kind(u, k) for k in ("linear", "conv", "matmul"))]
+    dq.replace_all_uses_with(out)
+    if gemm_uses:
+        requantized = _requantize(graph, out, q)
+        for u, i in gemm_uses:
+            u.update_arg(i, requantized)
+    for old in [dq, q, *reversed(chain)]:
+        graph.gm.graph.erase_node(old)
+    return out
 
 
 def _flat_input(graph: Graph, node: fx.Node) -> tuple[fx.Node, list[int] | None]:
