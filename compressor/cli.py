@@ -135,7 +135,8 @@ def compress(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
-        logging.getLogger("torch").setLevel(logging.ERROR)
+        for noisy in ("torch", "torchao"):  # torchao warns about its CUDA kernels on every CPU import
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     report = None
     try:
         if list_recipes:

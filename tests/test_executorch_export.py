@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("executorch", reason="extra executorch")
+pytest.importorskip("executorch", reason="the executorch extra is not installed: pip install 'compressor[executorch]'")
 
 from compressor import zoo
 from compressor.data import DataSource, Preprocess, open_source

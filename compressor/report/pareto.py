@@ -44,18 +44,18 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
         for e in drawn:
             ax.scatter([e["latency_ms"]["median"]], [e["accuracy"]], color=color, zorder=3, s=45,
                        marker="o" if e["precision"] == "fp32" else "s",
-                       label=f"{art['target']} {e['precision']}")
-            ax.annotate(e["path"], (e["latency_ms"]["median"], e["accuracy"]), textcoords="offset points",
-                        xytext=(0, 7), ha="center", fontsize=7)
+                       label=f"{art['target']} {e['precision']} ({e['path']})")
     ring = [points[i] for i in sorted(front)]
     if ring:
         ax.scatter([p[0] for p in ring], [p[1] for p in ring], s=220, facecolors="none", edgecolors="black",
                    linewidths=1.2, zorder=4, label="Pareto front")
         fp = sorted(ring)
         ax.plot([p[0] for p in fp], [p[1] for p in fp], "--", color="black", lw=0.8, zorder=1)
-    ax.margins(x=0.25, y=0.3)
+    if measured:  # runtimes differ by orders of magnitude (TVM's untuned float vs ORT): log time axis
+        ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.3)
     batch = next((e["latency_ms"]["batch"] for e in measured), None)
-    ax.set_xlabel(f"latency, batch {batch}, median (ms)")
+    ax.set_xlabel(f"latency, batch {batch}, median (ms, log scale)")
     ax.set_ylabel("top-1 (%)" if report["metric"] == "top1" else "agreement with float (%)")
     ax.set_title(f"{report['model']['name']}: {report['recipe']['name']}")
     ax.grid(alpha=0.3)
