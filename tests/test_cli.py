@@ -79,6 +79,41 @@ def test_bundled_model_meets_accuracy_target_on_the_artifact(tmp_path, ckpt):
     assert "PASSED" in (out / "report.md").read_text()
 
 
+def test_targets_that_cannot_run_here_are_exported_inspected_and_not_judged(tmp_path):
+    """One run, three targets: ONNX is measured; CoreML (no macOS) and TensorRT (no libraries) are
+    written and checked but report no numbers, and the gate is judged on what ran."""
+    pytest.importorskip("coremltools", reason="the coreml extra is not installed: pip install 'compressor[coreml]'")
+    out = tmp_path / "out"
+    result = cli(ROOT / "cnn_mnist.pt", "--export", "onnx,coreml,tensorrt", "-o", out, "--max-drop", "0.5",
+                 "--gate-on", "lower-bound", "--junit", tmp_path / "j.xml", *FAST)
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "report.json").read_text())
+    arts = {a["target"]: a for a in r["artifacts"]}
+    assert set(arts) == set(r["baselines"]) == {"onnx", "coreml", "tensorrt"}
+    assert arts["onnx"]["status"] in ("ok", "slower_than_baseline") and arts["onnx"]["accuracy"] > 95
+    for target, reason in (("coreml", "needs macOS"), ("tensorrt", "TensorRT not installed")):
+        a = arts[target]
+        assert a["status"].startswith("not_measured: ") and reason in a["status"]
+        assert a["accuracy"] is None and a["latency_ms"] is None and a["drop"] is None
+        assert a["sim_accuracy"] == arts["onnx"]["sim_accuracy"] and a["size_bytes"] > 0
+        assert r["gate"]["targets"][target]["passed"] is None
+    assert arts["coreml"]["checks"]["checks"]["ok"] and arts["coreml"]["checks"]["quant_ops"]["quantize"] == 13
+    assert (out / "model.mlpackage").is_dir() and (out / "model.tensorrt" / "trtexec.sh").exists()
+    assert r["gate"]["passed"] and r["gate"]["gate_on"] == "lower-bound"
+    root = ET.parse(tmp_path / "j.xml").getroot()
+    assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("3", "0", "2")
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "needs macOS" in page
+    # the same run again: compare lines the two up artifact by artifact
+    out2 = tmp_path / "out2"
+    assert cli(ROOT / "cnn_mnist.pt", "--export", "onnx", "-o", out2, *FAST).exit_code == 0
+    compared = subprocess.run([sys.executable, "-c", "from compressor.cli import main; main()", "compare",
+                               str(out), str(out2), "--json"], capture_output=True, text=True, check=True)
+    rows = {(row["target"], row["artifact"]): row for row in json.loads(compared.stdout)["rows"]}
+    assert rows[("onnx", "compressed")]["Δ points"] == "+0.00"
+    assert rows[("coreml", "compressed")]["accuracy B"] == "absent"
+
+
 def test_gate_failure_exits_1_and_says_so(tmp_path):
     recipe = tmp_path / "harsh.yaml"
     recipe.write_text("name: harsh\npasses:\n  - pass: quant.int8_ptq\n    activation_observer: percentile\n"
