@@ -65,3 +65,23 @@ def test_unknown_top_level_key_and_bad_yaml(tmp_path):
         load_recipe(_write(tmp_path, "name: [x\n"))
     with pytest.raises(CompressorError, match="passes"):
         load_recipe(_write(tmp_path, "name: x\npasses: []\n"))
+
+
+def test_export_options_are_validated_against_the_target(tmp_path):
+    base = "name: x\npasses:\n  - pass: reparam.fold_bn\n"
+    bad_target = tmp_path / "t.yaml"
+    bad_target.write_text(base + "export_options:\n  tflite: {}\n")
+    with pytest.raises(CompressorError, match=r"unknown export target 'tflite'.*coreml"):
+        load_recipe(bad_target)
+    bad_key = tmp_path / "k.yaml"
+    bad_key.write_text(base + "export_options:\n  coreml: {minimum_deployment_target: iOS17, palette: 4}\n")
+    with pytest.raises(CompressorError, match=r"palette.*unknown key"):
+        load_recipe(bad_key)
+    good = tmp_path / "g.yaml"
+    good.write_text(base + "export: [tvm]\nexport_options:\n  tvm: {batch: 4}\n")
+    rec = load_recipe(good)
+    from exporters import get_exporter
+
+    assert get_exporter("tvm", **rec.export_options["tvm"]).options.batch == 4
+    with pytest.raises(CompressorError, match="export options for tvm: batch"):
+        get_exporter("tvm", batch=0)
