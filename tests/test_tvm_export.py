@@ -144,3 +144,33 @@ def test_float_vit_parity_and_exporter(tmp_path, vit_tiny):
     with torch.no_grad():
         ref = vit_tiny(x).numpy()
     np.testing.assert_allclose(art.runner(2)(x.numpy()), ref, atol=1e-4, rtol=0)
+
+
+def test_convs_become_im2col_matmuls_with_torch_parity(tmp_path):
+    """Padded, strided, 1x1 and patch-embedding convs become slices/reshapes + MatMul; a dilated
+    or grouped one stays a Conv. Outputs match PyTorch."""
+    from compressor.graph import capture
+    from exporters.onnx import OnnxExporter
+    from exporters.tvm import _rewrite_onnx, convs_as_matmuls
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.ReLU(),  # a patch embedding
+        torch.nn.Conv2d(8, 12, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(12, 16, 3, stride=2, padding=1, bias=False),
+        torch.nn.Conv2d(16, 16, 1, stride=1),
+        torch.nn.Conv2d(16, 16, 3, padding=2, dilation=2),
+        torch.nn.Conv2d(16, 16, 3, padding=1, groups=4),
+    ).eval()
+    graph = capture(model, torch.randn(2, 3, 16, 16))
+    onnx_path = OnnxExporter().export(graph, tmp_path / "c.onnx", "fp32").path
+    rewritten = _rewrite_onnx(onnx.load(str(onnx_path)), 2)
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("Conv") == 2 and ops.count("MatMul") == 4 and "Pad" in ops
+    # a symbolic batch leaves nothing static to slice: only the batch-fixed model is rewritten
+    assert [n.op_type for n in convs_as_matmuls(onnx.load(str(onnx_path))).graph.node].count("Conv") == 6
+    art = TvmExporter(batch=2).export(graph, tmp_path / "c.so", "fp32")
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(art.runner(2)(x.numpy()), ref, atol=1e-4, rtol=0)
