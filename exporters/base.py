@@ -7,9 +7,12 @@ measured on the file that ships, not on the PyTorch model that produced it.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import shutil
 import tempfile
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +26,11 @@ from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
 
 if TYPE_CHECKING:
+    import torch
+
     from compressor.graph import Graph
+
+MAX_BATCH = 4096  # upper bound of a symbolic batch axis (some backends need a finite range)
 
 
 @dataclass
@@ -157,3 +164,47 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             shutil.rmtree(tmp_path)
+
+
+@contextlib.contextmanager
+def quiet(*loggers: str) -> Iterator[None]:
+    """Silence what exporting libraries print on stderr, their warnings, and the named loggers below
+    ERROR (torch.export's pytree notices, coremltools' progress bars): a compress run shows its own
+    progress. Errors still raise."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+def export_program(gm: torch.nn.Module, graph: Graph, dynamic: bool | None = None, max_batch: int = MAX_BATCH,
+                   what: str = "the graph") -> torch.export.ExportedProgram:
+    """`gm` (the graph's module, or a rewrite of it) through torch.export, non-strict.
+
+    `dynamic`: True demands a symbolic batch axis (1..`max_batch`), False a static one (the example's
+    batch), None tries dynamic and falls back to static; a graph captured with a fixed batch is static.
+    """
+    import torch
+
+    tries: list[tuple | None] = []
+    if dynamic is not False and graph.fixed_batch is None:
+        tries.append(({0: torch.export.Dim("batch", min=1, max=max_batch)},))
+    if not dynamic:
+        tries.append(None)
+    if not tries:
+        raise CompressorError(f"a dynamic batch was asked for, but the graph was captured with a fixed batch of "
+                              f"{graph.fixed_batch}.")
+    errors = []
+    for shapes in tries:
+        try:
+            with quiet():
+                return torch.export.export(gm, tuple(graph.example_inputs), dynamic_shapes=shapes, strict=False)
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    raise CompressorError(f"torch.export of {what} failed: {errors[-1]}")

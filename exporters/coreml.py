@@ -28,13 +28,10 @@ latency (the Linux wheel has no Core ML runtime; `MLModel.predict` is macOS-only
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +43,16 @@ from pydantic import Field
 
 from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
-from exporters.base import Artifact, Exporter, ExportOptions, atomic_dir, in_chunks, in_fixed_batches
+from exporters.base import (
+    Artifact,
+    Exporter,
+    ExportOptions,
+    atomic_dir,
+    export_program,
+    in_chunks,
+    in_fixed_batches,
+    quiet,
+)
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -118,7 +124,6 @@ class CoreMLArtifact(Artifact):
         return inspect_package(self.path)
 
 
-MAX_BATCH = 4096  # the symbolic batch's upper bound in the exported program (Core ML needs a finite range)
 PREDICT_CHUNK = 64  # rows per predict call: bounded memory on a phone-sized budget, no padding needed
 
 
@@ -172,7 +177,7 @@ class CoreMLExporter(Exporter):
             notes.append(f"Core ML stores the activation scales in {o.compute_precision} (max relative change "
                          f"{checks['activation_scales_max_rel_err']:.2g} vs ours): its quantization grid is ours up "
                          "to that rounding; compute_precision: fp32 keeps them exact")
-        with atomic_dir(path) as tmp, _quiet():
+        with atomic_dir(path) as tmp, quiet("coremltools"):
             mlmodel.save(str(tmp))
             _tidy_package(tmp)
             summary = inspect_package(tmp)  # a package that does not reload must not ship
@@ -234,45 +239,21 @@ class CoreMLExporter(Exporter):
 def _import_coremltools() -> Any:
     """Import coremltools without its import-time noise (no Core ML runtime on Linux, untested torch
     and scikit-learn versions): they are facts about this machine, not about the export."""
-    with _quiet():
+    with quiet("coremltools"):
         import coremltools
 
     return coremltools
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """coremltools logs version notices, prints tqdm progress bars and warns per op; a compress
-    run shows its own progress instead. Errors still raise."""
-    logger = logging.getLogger("coremltools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _export(gm: torch.nn.Module, graph: Graph) -> torch.export.ExportedProgram:
     """`gm` exported (a symbolic batch if the graph has one) and lowered to the ATEN dialect."""
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    errors = []
-    for dynamic in (({0: batch},), None) if graph.fixed_batch is None else (None,):
-        try:
-            with _quiet():
-                program = torch.export.export(gm, tuple(graph.example_inputs), dynamic_shapes=dynamic, strict=False)
-            return _decompose(program)
-        except Exception as e:
-            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    raise CompressorError(f"torch.export of the graph for Core ML failed: {errors[-1]}")
+    return _decompose(export_program(gm, graph, what="the graph for Core ML"))
 
 
 def _decompose(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """coremltools rejects TRAINING-dialect programs; an empty decomposition table only lowers the
     dialect (our quantized_decomposed ops and SDPA's decomposition survive as coremltools expects)."""
-    with _quiet():
+    with quiet("coremltools"):
         return program.run_decompositions({})
 
 
@@ -280,7 +261,7 @@ def _convert(ct: Any, program: torch.export.ExportedProgram, o: CoreMLOptions, p
     target = getattr(ct.target, o.minimum_deployment_target)
     compute = ct.precision.FLOAT16 if o.compute_precision == "fp16" else ct.precision.FLOAT32
     try:
-        with _quiet():
+        with quiet("coremltools"):
             return ct.convert(program, convert_to="mlprogram", minimum_deployment_target=target,
                               compute_precision=compute, skip_model_load=True)
     except Exception as e:
@@ -296,12 +277,12 @@ def _compress_weights(ct: Any, mlmodel: Any, o: CoreMLOptions) -> Any:
     if o.weights == "int8":
         op_config = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                                 weight_threshold=o.weight_threshold)
-        with _quiet():
+        with quiet("coremltools"):
             return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
     nbits = int(o.weights.split("-")[1])
     op_config = cto.OpPalettizerConfig(mode=o.palettize_mode, nbits=nbits, granularity="per_tensor",
                                        weight_threshold=o.weight_threshold)
-    with _quiet():
+    with quiet("coremltools"):
         return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
 
 
@@ -403,7 +384,7 @@ def _compare_with_simulation(graph: Graph, gm: torch.nn.Module) -> dict[str, Any
     """Run the rewritten module given to coremltools and our simulation on the example batch: they
     must agree, else the package would not be the model we measured in PyTorch."""
     x = tuple(graph.example_inputs)
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet("coremltools"):
         ours = graph.gm(*x)
         theirs = gm(*x)
     ours, theirs = (t[0] if isinstance(t, (tuple, list)) else t for t in (ours, theirs))
@@ -419,7 +400,7 @@ def inspect_package(path: Path) -> dict[str, Any]:
     """Spec version, deployment target, MIL op-type counts, quantization ops present and package size
     of a saved .mlpackage, read without loading it into a runtime (so it works on Linux)."""
     ct = _import_coremltools()
-    with _quiet():
+    with quiet("coremltools"):
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     counts: Counter[str] = Counter()
     for function in spec.mlProgram.functions.values():

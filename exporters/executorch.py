@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import io
 import logging
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +41,7 @@ from pydantic import Field
 
 from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
-from exporters.base import Artifact, Exporter, ExportOptions, atomic_path, in_chunks, in_fixed_batches
+from exporters.base import Artifact, Exporter, ExportOptions, atomic_path, in_chunks, in_fixed_batches, quiet
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -91,7 +89,7 @@ class ExecuTorchExporter(Exporter):
         static = graph.fixed_batch or opts.batch
         start = time.perf_counter()
         program = _export(graph, static, opts.max_batch, to_pt2e)
-        with _quiet(), _capture_xnn_graphs() as xnn_graphs:
+        with quiet(), _capture_xnn_graphs() as xnn_graphs:
             try:
                 edge = lower_to_edge(program)
                 delegation = delegation_summary(edge.exported_program().graph_module, xnn_graphs)
@@ -239,7 +237,7 @@ class _PteRunner:
     def __init__(self, path: Path, threads: int) -> None:
         self.threads = threads
         self._set_threads()
-        with _quiet():
+        with quiet():
             from executorch.runtime import Runtime
 
             program = Runtime.get().load_program(Path(path))
@@ -274,11 +272,3 @@ def _verify(path: Path, graph: Graph, static: int | None) -> float:
     if got.shape != want.shape:
         raise CompressorError(f"the .pte returned shape {got.shape}, the graph {want.shape}")
     return float(np.abs(got - want).max())
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Lowering prints pytree/export notices and ExecuTorch's experimental-API warnings: noise in a run."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield

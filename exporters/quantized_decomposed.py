@@ -37,9 +37,7 @@ as "implicit" while lowering the GEMM as fp32, so the GEMM reads the raw int8 co
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +46,7 @@ from torch import fx
 
 from compressor.errors import CompressorError
 from compressor.passes.quant import ops
+from exporters.base import MAX_BATCH, export_program
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -75,7 +74,7 @@ def is_quantized(graph: Graph) -> bool:
     return any(n.op == "call_function" and n.target in _OURS for n in graph.gm.graph.nodes)
 
 
-def to_pt2e(graph: Graph, dynamic_batch: bool | None = None, max_batch: int = 4096,
+def to_pt2e(graph: Graph, dynamic_batch: bool | None = None, max_batch: int = MAX_BATCH,
             requantized_only: bool = False) -> torch.export.ExportedProgram:
     """`to_quantized_decomposed(graph)` exported with torch.export (non-strict).
 
@@ -85,22 +84,7 @@ def to_pt2e(graph: Graph, dynamic_batch: bool | None = None, max_batch: int = 40
     `requantized_only`: see the module docstring.
     """
     gm = to_quantized_decomposed(graph, requantized_only)
-    tries: list[Any] = []
-    if dynamic_batch is not False and graph.fixed_batch is None:
-        tries.append(({0: torch.export.Dim("batch", min=1, max=max_batch)},))
-    if not dynamic_batch:
-        tries.append(None)
-    if not tries:
-        raise CompressorError("a dynamic batch was asked for, but the graph was captured with a fixed batch "
-                              f"of {graph.fixed_batch}.")
-    errors = []
-    for dynamic in tries:
-        try:
-            with _quiet():
-                return torch.export.export(gm, tuple(graph.example_inputs), dynamic_shapes=dynamic, strict=False)
-        except Exception as e:
-            errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    raise CompressorError(f"torch.export of the quantized_decomposed graph failed: {errors[-1]}")
+    return export_program(gm, graph, dynamic_batch, max_batch, "the quantized_decomposed graph")
 
 
 def to_quantized_decomposed(graph: Graph, requantized_only: bool = False) -> fx.GraphModule:
@@ -327,11 +311,3 @@ class _Rewriter:
                 delattr(self.gm, name)
         self.g.lint()
         self.gm.recompile()
-
-
-@contextlib.contextmanager
-def _quiet():
-    """torch.export's pytree and tracing notices are noise in an export."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield

@@ -8,9 +8,6 @@ for users who serve with PyTorch (TorchServe, a Python service) rather than a se
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -18,9 +15,8 @@ import numpy as np
 import torch
 
 import compressor.kernels  # noqa: F401  (registers the custom ops a saved program may call)
-from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
-from exporters.base import Artifact, Exporter, atomic_path
+from exporters.base import Artifact, Exporter, atomic_path, export_program, quiet
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -43,18 +39,7 @@ class TorchExporter(Exporter):
     suffix: ClassVar[str] = ".pt2"
 
     def export(self, graph: Graph, path: Path, precision: str) -> TorchArtifact:
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        errors = []
-        for dynamic in (({0: batch},), None):
-            try:
-                with _quiet():
-                    program = torch.export.export(graph.gm, graph.example_inputs, dynamic_shapes=dynamic,
-                                                  strict=False)
-                break
-            except Exception as e:
-                errors.append(f"{type(e).__name__}: {str(e).splitlines()[0]}")
-        else:
-            raise CompressorError(f"torch.export of the {precision} graph failed: {errors[-1]}")
+        program = export_program(graph.gm, graph, what=f"the {precision} graph")
         with atomic_path(path) as tmp:
             torch.export.save(program, str(tmp))
             load_program(tmp)  # a program that does not reload must not ship
@@ -62,13 +47,5 @@ class TorchExporter(Exporter):
 
 
 def load_program(path: Path) -> torch.export.ExportedProgram:
-    with _quiet():
+    with quiet():
         return torch.export.load(str(path))
-
-
-@contextlib.contextmanager
-def _quiet():
-    """torch.export's pytree and tracing notices are noise in a compress run."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
