@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import compressor
+from compressor.report.render import markdown_table
 from exporters import EXPORTERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,11 +69,6 @@ def latency_rows(model: str, r: dict, batches: list[int]) -> list[list[str]]:
     return rows
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", default="onnx,tvm,executorch,coreml,tensorrt")
@@ -101,10 +97,11 @@ def main() -> None:
                   "drop 95% CI", f"within {TARGET}", "status"]
     lat_header = ["model", "target"] + [f"{k} b{b}" for b in batches for k in ("FP32 ms", "INT8 ms", "speedup")]
     lat_header.append("MB FP32 → INT8")
-    text = (f"Recipe `{args.recipe}`.\n\n"
-            f"## Top-1 on the 1000 MNIST test digits, measured in each target's runtime\n\n{markdown(acc_header, acc)}"
-            f"\n\n## Latency, median ms, 2 threads, same run\n\n{markdown(lat_header, lat)}\n\nwall: "
-            + "; ".join(walls) + "\n")
+    lines = [f"Recipe `{args.recipe}`.", "",
+             "## Top-1 on the 1000 MNIST test digits, measured in each target's runtime", "",
+             *markdown_table(acc_header, acc), "", "## Latency, median ms, 2 threads, same run", "",
+             *markdown_table(lat_header, lat), "", "wall: " + "; ".join(walls)]
+    text = "\n".join(lines) + "\n"
     print(text)
     if args.md:
         args.md.write_text(text)

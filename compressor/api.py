@@ -24,13 +24,13 @@ from compressor.data import DataSource, Preprocess, fingerprint, from_iterable, 
 from compressor.errors import CompressorError
 from compressor.eval import (
     Outputs,
+    agreement,
     collect,
     hits,
     measure,
     paired_drop,
     score,
     sqnr_db,
-    top1,
     torch_runner,
     wilson_interval,
 )
@@ -283,35 +283,30 @@ def _evaluate(loaded: LoadedModel, graph: Graph, baselines: dict[str, Artifact],
     runners: dict[str, Runner] = {}
     targets: dict[str, dict[str, Any]] = {}
     for name in artifacts:
-        measured = {}
+        measured, outs = {}, {}
         for role, art in (("baseline", baselines[name]), ("artifact", artifacts[name])):
             reason = art.not_measured()
             if reason is not None:
                 measured[role] = {"not_measured": reason}
                 continue
             run = runners[f"{name}/{role}"] = art.runner(bench.threads)
-            out = collect(run, data, batch, bar, art.path.name, fixed_batch=fixed)
-            measured[role] = _measurement(out, ref, metric)
-        if "outputs" in measured["artifact"]:
-            out = measured["artifact"]["outputs"]
+            outs[role] = collect(run, data, batch, bar, art.path.name, fixed_batch=fixed)
+            measured[role] = _measurement(outs[role], ref, metric)
+        if "artifact" in outs:
+            out = outs["artifact"]
             measured["artifact"]["max_abs_diff_vs_sim"] = float(abs(out.logits - sim_out.logits).max())
-            if "outputs" in measured["baseline"]:
-                base = measured["baseline"]["outputs"]
-                measured["artifact"]["agreement_vs_baseline"] = float(
-                    (out.logits.argmax(1) == base.logits.argmax(1)).mean() * 100)
+            if "baseline" in outs:
+                base = outs["baseline"]
                 drop, lo, hi = paired_drop(hits(base, ref, metric), hits(out, ref, metric))
-                measured["artifact"].update(drop=drop, drop_ci95=[lo, hi])
-        for m in measured.values():
-            m.pop("outputs", None)
+                measured["artifact"].update(agreement_vs_baseline=agreement(out, base), drop=drop, drop_ci95=[lo, hi])
         targets[name] = measured
     latency = measure(runners, shape, bench.batch_sizes, bench.warmup, bench.runs, bar,
                       min_seconds=bench.min_seconds, max_runs=bench.max_runs)
     for key, lat in latency.items():
         name, role = key.split("/")
         targets[name][role]["latency"] = lat
-    return {"metric": metric, "count": len(ref.logits), "float_torch": score(ref, ref, metric),
-            "simulation": _measurement(sim_out, ref, metric), "targets": targets,
-            "top1_labels": top1(ref) if data.has_labels else None, "bench": bench.model_dump()}
+    return {"metric": metric, "float_torch": score(ref, ref, metric), "simulation": _measurement(sim_out, ref, metric),
+            "targets": targets, "bench": bench.model_dump()}
 
 
 def _sensitivity(float_graph: Graph, graph: Graph, data: DataSource, metric: str, bar: Progress) -> dict[str, Any]:
@@ -323,7 +318,7 @@ def _sensitivity(float_graph: Graph, graph: Graph, data: DataSource, metric: str
 
 def _measurement(out: Outputs, ref: Outputs, metric: str) -> dict[str, Any]:
     h = hits(out, ref, metric)
-    return {"outputs": out, "accuracy": float(h.mean() * 100),
+    return {"accuracy": float(h.mean() * 100),
             "accuracy_ci95": list(wilson_interval(int(h.sum()), h.size)),
             "sqnr_db_vs_float": round(sqnr_db(out, ref), 2)}
 

@@ -24,8 +24,12 @@ class GateOnChoice(str, Enum):
     lower_bound = "lower-bound"
 
 
-app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
-                  context_settings={"help_option_names": ["-h", "--help"]})
+def _typer_app() -> typer.Typer:
+    return typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
+                       context_settings={"help_option_names": ["-h", "--help"]})
+
+
+app = _typer_app()
 err = Console(stderr=True)
 
 
@@ -75,18 +79,15 @@ def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    from compressor.report.render import artifact_table, gate_table
+    from compressor.report.render import artifact_table, gate_table, verdict
 
     console = Console(width=max(Console().width, 140))
     _, header, rows = artifact_table(report)
     title = f"{report['model']['name']} · {report['recipe']['name']} · metric {report['metric']} (%)"
     console.print(_rich_table(title, header, rows))
     console.print(_rich_table(*gate_table(report)))
-    gate = report["gate"]
-    verdict = "[green]passed[/]" if gate["passed"] else "[red]FAILED[/]"
-    limit = f"max {gate['max_drop']} on the {gate['gate_on']}" if gate["max_drop"] is not None else "no --max-drop set"
-    drop = "no artifact measured here" if gate["drop"] is None else f"worst accuracy drop {gate['drop']:.2f} points"
-    console.print(f"{drop} ({limit}): gate {verdict}")
+    colour = "green" if report["gate"]["passed"] else "red"
+    console.print(f"gate: [{colour}]{verdict(report)}[/]", highlight=False)
     console.print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 
@@ -176,8 +177,7 @@ def compress(
     raise typer.Exit(EXIT_OK if report["gate"]["passed"] else EXIT_GATE_FAILED)
 
 
-compare_app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False,
-                          context_settings={"help_option_names": ["-h", "--help"]})
+compare_app = _typer_app()
 
 
 @compare_app.command()

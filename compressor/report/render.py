@@ -14,6 +14,16 @@ from typing import Any
 Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows)
 
 
+def primary_batch(batch_sizes: list[int]) -> int:
+    """The batch the headline latency is quoted at: 8 if measured, else the largest."""
+    return 8 if 8 in batch_sizes else max(batch_sizes)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A pipe table, one line per row (report.md and the benches' printouts)."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def _num(v: float | str | None, fmt: str = ".2f") -> str:
     """A number cell; strings pass through (strict JSON keeps an infinite SQNR as "inf")."""
     return "-" if v is None else v if isinstance(v, str) else format(v, fmt)
@@ -37,8 +47,7 @@ def _status(e: dict[str, Any], baseline: bool) -> str:
 
 def artifact_table(r: dict[str, Any]) -> Table:
     """Per target: its float artifact, then the compressed one, every number from the runtime."""
-    batch = r["benchmark"]["batch_sizes"]
-    b = 8 if 8 in batch else max(batch)
+    b = primary_batch(r["benchmark"]["batch_sizes"])
     header = ["artifact", "target", "precision", "accuracy [95% CI]", "simulation", "sim gap",
               "drop [95% CI]", f"b{b} median / p90 ms", "speedup", "MB", "status"]
     rows = []
@@ -97,7 +106,7 @@ def tables(r: dict[str, Any]) -> list[Table]:
     return [t for t in found if t is not None]
 
 
-def _verdict(r: dict[str, Any]) -> str:
+def verdict(r: dict[str, Any]) -> str:
     g = r["gate"]
     word = "PASSED" if g["passed"] else "FAILED"
     if g["drop"] is None:
@@ -136,11 +145,9 @@ def _footer(r: dict[str, Any]) -> list[str]:
 
 def render_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Compression report: {r['model']['name']} with `{r['recipe']['name']}`", "",
-             f"Gate: **{_verdict(r)}**", "", _intro(r), ""]
+             f"Gate: **{verdict(r)}**", "", _intro(r), ""]
     for title, header, rows in tables(r):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines.append("")
+        lines += [f"## {title}", "", *markdown_table(header, rows), ""]
     lines += ["## Passes", ""]
     lines += [f"- `{p['name']}` ({p['seconds']:.1f} s): {_headline(p['summary'])}" for p in r["passes"]]
     lines += ["", *_footer(r), "", "![accuracy vs latency](pareto.png)", ""]
@@ -160,7 +167,7 @@ def render_html(r: dict[str, Any], pareto_png: bytes | None = None) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'>",
              f"<title>{e(r['model']['name'])}: {e(r['recipe']['name'])}</title><style>{_CSS}</style></head><body>",
              f"<h1>Compression report: {e(r['model']['name'])} with <code>{e(r['recipe']['name'])}</code></h1>",
-             f"<p class='{verdict_class}'><b>Gate: {e(_verdict(r))}</b></p>", f"<p>{e(_intro(r))}</p>"]
+             f"<p class='{verdict_class}'><b>Gate: {e(verdict(r))}</b></p>", f"<p>{e(_intro(r))}</p>"]
     for title, header, rows in tables(r):
         parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
         for row in rows:

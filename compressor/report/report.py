@@ -20,7 +20,7 @@ from compressor.io import LoadedModel
 from compressor.passes import PassRecord
 from compressor.recipe import SCHEMA_VERSION, Recipe
 from compressor.report.pareto import plot_pareto
-from compressor.report.render import render_html, render_markdown
+from compressor.report.render import primary_batch, render_html, render_markdown
 
 if TYPE_CHECKING:
     from exporters import Artifact
@@ -37,11 +37,6 @@ def tool_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def primary_batch(batch_sizes: list[int]) -> int:
-    """The batch the headline latency is quoted at: 8 if measured, else the largest."""
-    return 8 if 8 in batch_sizes else max(batch_sizes)
 
 
 def _latency(lat: dict[int, dict[str, float]] | None, batch: int) -> dict[str, Any] | None:
