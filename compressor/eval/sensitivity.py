@@ -28,7 +28,6 @@ only-this-layer model, because with a few hundred images many int8 layers tie at
 from __future__ import annotations
 
 import math
-import operator
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -51,12 +50,10 @@ aten = torch.ops.aten
 #: Float-simulated quantizers (first argument = the tensor): low-bit passes before/without lowering.
 FAKE_QUANTIZERS = (fake_uniform, fake_log, log_sqrt2_as_log2, fake_tan)
 KNOWN_OPS = (ops.QUANTIZE, ops.DEQUANTIZE, ops.QUANTIZE_DEQUANTIZE)
-#: Ops that move or select values without computing new ones: an output quantizer found after
-#: them still belongs to the layer before (e.g. int8's Conv → ReLU → Q/DQ → flatten).
-PASS_THROUGH = {aten.relu.default, aten.relu_.default, aten.reshape.default, aten.view.default,
-                aten.flatten.using_ints, aten.transpose.int, aten.permute.default, aten.contiguous.default,
-                aten.clone.default, aten.max_pool2d.default, aten.squeeze.dim, aten.unsqueeze.default,
-                aten.hardtanh.default, aten.clamp.default}
+#: Besides the "view" ops, ops after which an output quantizer still belongs to the layer before
+#: (e.g. int8's Conv → ReLU → Q/DQ → flatten).
+PASS_THROUGH = {aten.relu.default, aten.relu_.default, aten.max_pool2d.default, aten.hardtanh.default,
+                aten.clamp.default}
 #: Cache the evaluation batches in memory below this size (one decode instead of one per layer).
 CACHE_BYTES = 512 << 20
 #: The all-bypassed graph must match the float graph this closely (float32 reordering is ~100 dB).
@@ -194,7 +191,7 @@ def _producer(node: fx.Node, computes: dict[str, Layer]) -> Layer | None:
             return None
         if cur.name in computes:
             return computes[cur.name]
-        if cur.op != "call_function" or not (cur.target in PASS_THROUGH or cur.target is operator.getitem
+        if cur.op != "call_function" or not (cur.target in PASS_THROUGH or is_kind(cur, "view")
                                              or _is_act_quantizer(cur)
                                              or (cur.target is aten.add.Tensor and _is_bias_add(cur))):
             return None

@@ -8,6 +8,7 @@ paths, pattern matching, buffer helpers and per-node annotations that later pass
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -29,6 +30,12 @@ KINDS: dict[str, tuple[Any, ...]] = {
     "batch_norm": (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default),
     "sdpa": (aten.scaled_dot_product_attention.default,),
     "add": (aten.add.Tensor,),
+    # ops that only select, reorder or copy elements: a quantized value stays on its grid through them
+    "view": (aten.reshape.default, aten.view.default, aten.permute.default, aten.transpose.int, aten.t.default,
+             aten.flatten.using_ints, aten.unflatten.int, aten.unsqueeze.default, aten.squeeze.dim,
+             aten.select.int, aten.slice.Tensor, aten.expand.default, aten.unbind.int, aten.split.Tensor,
+             aten.contiguous.default, aten.clone.default, aten.alias.default, aten.detach.default,
+             aten.dropout.default, operator.getitem),  # getitem: one output of unbind/split
 }
 NodeKind = str | Callable[[fx.Node], bool] | Any
 ANNOTATION_KEY = "compressor"

@@ -31,7 +31,6 @@ of products in int16 with saturation (VPMADDUBSW); 255·127·2 overflows, 255·6
 from __future__ import annotations
 
 import fnmatch
-import operator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -228,10 +227,6 @@ class Int8PTQ(Pass):
                 "weight_sqnr_db": round(float(-10 * torch.log10(err.clamp_min(1e-20))), 2)}
 
 
-#: Ops that only select, reorder or copy elements: a quantized value stays on its grid through them.
-_VIEW_OPS = (aten.reshape.default, aten.view.default, aten.permute.default, aten.transpose.int, aten.unbind.int,
-             aten.select.int, aten.slice.Tensor, aten.split.Tensor, aten.flatten.using_ints, aten.unflatten.int,
-             aten.squeeze.dim, aten.unsqueeze.default, aten.expand.default, aten.clone.default, operator.getitem)
 
 
 def _gemm_outputs(targets: list[tuple[fx.Node, list[int]]], kinds: list[str]) -> list[fx.Node]:
@@ -256,7 +251,7 @@ def _views_of(targets: list[tuple[fx.Node, list[int]]], outputs: list[fx.Node]) 
         for i in positions:
             src = node.args[i]
             while src not in outputs and isinstance(src, fx.Node) and src.op == "call_function" \
-                    and src.target in _VIEW_OPS:
+                    and is_kind(src, "view"):
                 src = src.args[0]
             if src in outputs and src is not node.args[i]:
                 views[node, i] = src

@@ -27,7 +27,6 @@ the simulation (`simulate`), and exports to ONNX with integer operators only.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,7 +38,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from compressor.errors import CompressorError
-from compressor.graph.graph import Graph, layer_norm_args
+from compressor.graph.graph import Graph, is_kind, layer_norm_args
 from compressor.graph.sdpa import decompose_sdpa
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.calibrate import calibrate, insert_observers, observer_of, remove_observer
@@ -64,12 +63,6 @@ from compressor.passes.quant.intonly.shiftmax import shift_exp_n
 from compressor.passes.quant.observers import MinMaxObserver
 
 aten = torch.ops.aten
-SHAPE_OPS = {
-    aten.reshape.default, aten.view.default, aten.permute.default, aten.transpose.int, aten.flatten.using_ints,
-    aten.unsqueeze.default, aten.squeeze.dim, aten.select.int, aten.slice.Tensor, aten.expand.default,
-    aten.contiguous.default, aten.clone.default, aten.unbind.int, aten.alias.default, aten.t.default,
-    aten.dropout.default, aten.detach.default, operator.getitem,  # getitem: one output of unbind
-}
 NEEDS_8BIT = {aten.linear.default, aten.matmul.default, aten.softmax.int, aten._softmax.default, aten.gelu.default,
               aten.conv2d.default}
 
@@ -186,7 +179,7 @@ class Lowering:
         handler = LOWERINGS.get(n.target)
         if handler is not None:
             return handler(self, n)
-        if n.target in SHAPE_OPS or n.target is aten.sym_size.int:
+        if is_kind(n, "view") or n.target is aten.sym_size.int:
             return self.lower_shape(n)
         raise CompressorError(f"quant.intonly: no integer form for {n.target} at "
                               f"'{self.src.module_path(n) or n.name}'. Supported: Linear, patch Conv (stride = "
@@ -361,7 +354,7 @@ class Lowering:
                 seen.add(u)
                 if u.target in NEEDS_8BIT:
                     return 8
-                if u.target in SHAPE_OPS:
+                if is_kind(u, "view"):
                     todo.append(u)
         return self.p.residual_bits
 
