@@ -312,8 +312,8 @@ def _evaluate(loaded: LoadedModel, graph: Graph, baselines: dict[str, Artifact],
 def _sensitivity(float_graph: Graph, graph: Graph, data: DataSource, metric: str, bar: Progress) -> dict[str, Any]:
     from compressor.eval.sensitivity import layer_sensitivity
 
-    return layer_sensitivity(float_graph, graph, data, metric=metric, batch_size=graph.fixed_batch or EVAL_BATCH,
-                             progress=bar).as_dict()
+    # a fixed-batch graph is run at its own batch by layer_sensitivity itself
+    return layer_sensitivity(float_graph, graph, data, metric=metric, batch_size=EVAL_BATCH, progress=bar).as_dict()
 
 
 def _measurement(out: Outputs, ref: Outputs, metric: str) -> dict[str, Any]:

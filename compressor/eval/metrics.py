@@ -48,14 +48,12 @@ def torch_runner(fn: Callable[[torch.Tensor], torch.Tensor]) -> Runner:
 
 
 def top1(out: Outputs) -> float:
-    if out.labels is None:
-        raise ValueError("top-1 needs labels")
-    return float((out.logits.argmax(1) == out.labels).mean() * 100.0)
+    return score(out, out, "top1")
 
 
 def agreement(out: Outputs, reference: Outputs) -> float:
     """Percent of inputs where the top-1 class equals the reference model's."""
-    return float((out.logits.argmax(1) == reference.logits.argmax(1)).mean() * 100.0)
+    return score(out, reference, "agreement")
 
 
 def sqnr_db(out: Outputs, reference: Outputs) -> float:
