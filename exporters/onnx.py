@@ -22,6 +22,7 @@ from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
 from compressor.passes.quant import intonly, ops
 from exporters.base import Artifact, Exporter, ExportOptions, atomic_path
+from exporters.onnx_tables import MAX_VALUES, tabulate_bounded_chains
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -64,6 +65,9 @@ class OnnxArtifact(Artifact):
 
 class OnnxOptions(ExportOptions):
     opset: int = Field(OPSET, ge=18, description="ONNX opset (18 or newer: per-axis Q/DQ and BitShift)")
+    tables: bool = Field(True, description="evaluate integer element-wise chains on an input of at most "
+                                           f"{MAX_VALUES} values (ShiftGELU, ShiftExp) as lookup tables, "
+                                           "bit-exact (exporters/onnx_tables.py)")
 
 
 class OnnxExporter(Exporter):
@@ -83,9 +87,10 @@ class OnnxExporter(Exporter):
                                       "exporter's log.")
             model = program.model_proto
             strip_debug_metadata(model)
+            tables = tabulate_bounded_chains(model) if self.options.tables else 0
             onnx.save(model, str(tmp))
             onnx.checker.check_model(str(tmp), full_check=True)
-        return OnnxArtifact("onnx", path, precision, {"opset": self.options.opset})
+        return OnnxArtifact("onnx", path, precision, {"opset": self.options.opset, "tables": tables})
 
 
 def strip_debug_metadata(model: onnx.ModelProto) -> None:

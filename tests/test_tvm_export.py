@@ -174,3 +174,34 @@ def test_convs_become_im2col_matmuls_with_torch_parity(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     np.testing.assert_allclose(art.runner(2)(x.numpy()), ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("signed", "a_shape", "k", "n"), [(True, (2, 9, 32), 32, 48), (False, (5, 30), 30, 40)])
+def test_vnni_matmul_is_exact_and_used(tmp_path, signed, a_shape, k, n):
+    """int8/uint8 x constant int8 through `vnni_matmul`: signed A shifted by 128 and corrected, K and
+    N padded to whole quads/vectors, 2-D and 3-D A; equal to numpy's int32 product."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from exporters.tvm_vnni import KERNEL, has_vnni, vnni_matmuls
+
+    if not has_vnni(tvm.target.Target(host_target())):
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    rng = np.random.default_rng(1)
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    zero = np.zeros((), np.int8 if signed else np.uint8)
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["a"]),
+             h.make_node("MatMulInteger", ["a", "w"], ["acc"]),
+             h.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT)]
+    graph = h.make_graph(nodes, "vnni", [h.make_tensor_value_info("x", TensorProto.FLOAT, list(a_shape))],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [*a_shape[:-1], n])],
+                         [_c("s", np.float32(1.0)), _c("z", zero), _c("w", w)])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18)])
+    model.ir_version = 8
+    assert any(KERNEL in gv.name_hint for gv, _ in vnni_matmuls(from_onnx(model)).functions_items())
+    onnx.save(model, tmp_path / "m.onnx")
+    lo, hi = (-128, 127) if signed else (0, 255)
+    a = rng.integers(lo, hi + 1, a_shape).astype(np.float32)
+    a.flat[:2] = lo, hi  # the extremes of the range, where the +128 shift would overflow a byte
+    out = TvmRunner(compile_onnx(tmp_path / "m.onnx", tmp_path / "m.so", a_shape[0]), a_shape[0])(a)
+    assert np.array_equal(out, (a.astype(np.int64) @ w.astype(np.int64)).astype(np.float32))
