@@ -34,6 +34,7 @@ from pydantic import Field
 
 from compressor.eval.metrics import Runner
 from exporters.base import Artifact, Exporter, ExportOptions, atomic_path, in_fixed_batches
+from exporters.tvm_casts import sink_narrowing_casts
 from exporters.tvm_vnni import find_vnni_block, has_vnni, schedule_vnni_matmul, vnni_matmuls
 
 if TYPE_CHECKING:
@@ -140,6 +141,8 @@ def compile_onnx(onnx_path: str | Path, out_path: str | Path, batch: int, schedu
     target = tvm.target.Target(host_target())
     mod = from_onnx(model, keep_params_in_input=False)
     mod = relax.transform.DecomposeOpsForInference()(mod)
+    if schedule:
+        mod = sink_narrowing_casts(mod)
     if schedule and has_vnni(target):
         mod = vnni_matmuls(mod)
     with target:
