@@ -501,19 +501,37 @@ def _schedule_other(sch: Any, blocks: list[Any], lanes: int) -> None:
                     with contextlib.suppress(Exception):
                         _vectorize_inner(sch, block, lanes)
             return
-    for block in blocks:
+    for block in reversed(blocks[:-1]):  # a transposing copy: one pass, not one buffer per step
+        if _moves_data(sch, block):
+            with contextlib.suppress(Exception):
+                sch.compute_inline(block)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
         _parallel_vector(sch, block, lanes)
 
 
-def _share_rows(sch: Any, blocks: list[Any]) -> bool:
-    """Every block iterates over the last block's rows (its leading spatial extents) first."""
-    def extents(block: Any) -> list[int | None]:
-        return [_extent(sch, loop) for loop in sch.get_loops(block)]
+def _moves_data(sch: Any, block: Any) -> bool:
+    """A block storing a (cast) load, or a pad's if_then_else of one: inlining recomputes nothing."""
+    from tvm import tirx
 
-    last = extents(blocks[-1])
-    kinds = _iter_kinds(sch, blocks[-1])
-    rows = last[: max(1, len(kinds) - 1)] if "R" not in kinds else last[: len(kinds) - len(kinds.lstrip("S"))]
-    return all(extents(b)[: len(rows)] == rows for b in blocks)
+    store = sch.get(block).body
+    if not isinstance(store, tirx.BufferStore):
+        return False
+    value = _strip_casts(store.value)
+    if str(getattr(getattr(value, "op", None), "name", "")).endswith("if_then_else"):
+        value = _strip_casts(value.args[1])
+    return type(value).__name__ in ("TensorLoad", "BufferLoad")  # 0.27 names a buffer load TensorLoad
+
+
+def _share_rows(sch: Any, blocks: list[Any]) -> bool:
+    """Every block iterates over as many rows as the last block (the product of all its loop
+    extents but the innermost): true through a reshape of the leading axes ([1, 6, 197, 197] ->
+    [6, 197, 200]), false through a transpose of the rows."""
+    def rows(block: Any) -> int | None:
+        extents = [_extent(sch, loop) for loop in sch.get_loops(block)]
+        return None if None in extents else int(np.prod(extents[:-1], dtype=np.int64))
+
+    last = rows(blocks[-1])
+    return last is not None and all(rows(b) == last for b in blocks)
 
 
 def _row_loop(sch: Any, block: Any) -> Any:

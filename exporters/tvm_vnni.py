@@ -5,16 +5,13 @@ int32 constant, so the integer ViT-S read 4x the weight bytes and multiplied wit
 matmuls took 130 ms at batch 1 where the float ones take 98. `vpdpbusd` multiplies 64 u8 x s8 pairs
 and accumulates into 16 int32 lanes in one instruction (TVM's `dot_16x4_vnni` intrinsic).
 
-`vnni_matmuls` rewrites, in the imported relax module, every `matmul(int8/uint8 A, constant int8 B)`
-into a call of `vnni_matmul`, whose weight is packed once at compile time as [N/16, K/4, 16·4] (the
-instruction's operand layout), K zero-padded to whole quads and N to whole vectors. The
-instruction wants unsigned activations: a signed A is shifted to A + 128 (uint8) and the constant
+`vnni_matmuls` rewrites, in the imported relax module, every `matmul(int8/uint8 A, int8 B)` into a
+call of `vnni_matmul`, whose B is laid out [N/16, K/4, 16·4] (the instruction's operand): packed
+once at compile time for a constant weight, per head by a fused transpose at run time for the
+attention products (kᵀ, v). K is zero-padded to whole quads and N to whole vectors. The
+instruction wants unsigned activations: a signed A is shifted to A + 128 (uint8) and
 128·Σ_k B[k, n] subtracted afterwards, exact in int32. `schedule_vnni_matmul` tiles it (rows x
-16-column vectors in registers).
-
-The attention products (q·kᵀ, attn·v: both operands activations) stay on the int32 schedule: the
-same kernel with B packed by a fused transpose at run time measured no faster on ViT-S (the
-packing and the 197 -> 208 padding ate the gain), so it was not kept.
+16-column vectors in registers). On ViT-S, q·kᵀ went from 8.5 to 2.4 ms per image.
 """
 
 from __future__ import annotations
@@ -49,30 +46,40 @@ def vnni_matmuls(mod: Any) -> Any:
 
     def rewrite(call: Any, matches: dict) -> Any:
         lhs, rhs = matches[a], matches[b]
-        if not isinstance(rhs, tvm.ir.expr.Constant):
+        constant = isinstance(rhs, tvm.ir.expr.Constant)
+        shape, rhs_shape = [int(d) for d in lhs.ty.shape], [int(d) for d in rhs.ty.shape]
+        if (str(call.ty.dtype) != "int32" or str(lhs.ty.dtype) not in ("int8", "uint8") or str(rhs.ty.dtype) != "int8"
+                or len(shape) < 2 or rhs_shape[-2] != shape[-1] or not _operands_fit(shape, rhs_shape, constant)):
             return call
-        weight, shape = rhs.value.numpy(), [int(d) for d in lhs.ty.shape]
-        if (str(call.ty.dtype) != "int32" or str(lhs.ty.dtype) not in ("int8", "uint8") or weight.dtype != np.int8
-                or weight.ndim != 2 or len(shape) < 2 or weight.shape[0] != shape[-1]):
-            return call
-        (k, n), (*batch, m) = weight.shape, shape[:-1]
+        *batch, m, k = shape
+        n = rhs_shape[-1]
         kp, np_ = -(-k // QUAD) * QUAD, -(-n // LANES) * LANES
         bt = int(np.prod(batch, dtype=np.int64))
-        if (bt, m, kp, np_) not in kernels:
-            kernels[bt, m, kp, np_] = builder.add_func(_kernel(bt, m, kp, np_), KERNEL)
+        key = (bt, m, kp, np_, constant)
+        if key not in kernels:
+            kernels[key] = builder.add_func(_kernel(*key), KERNEL)
         signed = str(lhs.ty.dtype) == "int8"
         if signed:  # vpdpbusd multiplies unsigned by signed bytes
             lhs = relax.op.astype(relax.op.add(relax.op.astype(lhs, "int16"), relax.const(128, "int16")), "uint8")
         if len(shape) != 3:
             lhs = relax.op.reshape(lhs, [bt, m, k])
-        if kp != k:
-            lhs = relax.op.nn.pad(lhs, [0, 0, 0, 0, 0, kp - k], pad_value=0)
-        packed = relax.const(pack_weight(np.pad(weight, [(0, kp - k), (0, np_ - n)])))
-        y = relax.call_tir(kernels[bt, m, kp, np_], [lhs, packed], relax.TensorType([bt, m, np_], "int32"))
+        lhs = _padded(lhs, [0, 0, kp - k])
+        if constant:
+            weight = rhs.value.numpy()
+            packed = relax.const(pack_weight(np.pad(weight, [(0, kp - k), (0, np_ - n)])))
+            colsum = relax.const(128 * weight.astype(np.int32).sum(0))
+        else:  # kᵀ or v, packed per head at run time by a fused transpose
+            rhs = relax.op.reshape(rhs, [bt, k, n])
+            colsum = relax.op.multiply(relax.op.sum(relax.op.astype(rhs, "int32"), axis=1, keepdims=True),
+                                       relax.const(128, "int32"))
+            packed = relax.op.reshape(_padded(rhs, [0, kp - k, np_ - n]), [bt, kp // QUAD, QUAD, np_ // LANES, LANES])
+            packed = relax.op.reshape(relax.op.permute_dims(packed, [0, 3, 1, 4, 2]),
+                                      [bt, np_ // LANES, kp // QUAD, LANES * QUAD])
+        y = relax.call_tir(kernels[key], [lhs, packed], relax.TensorType([bt, m, np_], "int32"))
         if np_ != n:
             y = relax.op.strided_slice(y, [2], [0], [n])
         if signed:
-            y = relax.op.subtract(y, relax.const(128 * weight.astype(np.int32).sum(0)))
+            y = relax.op.subtract(y, colsum)
         # a 3-D A (tokens of a ViT) keeps its shape, so the requantization epilogue fuses into the
         # kernel: a reshape after it would end the fused group (it is injective, not element-wise)
         return y if len(shape) == 3 else relax.op.reshape(y, [*batch, m, n])
@@ -85,37 +92,55 @@ def vnni_matmuls(mod: Any) -> Any:
     return mod
 
 
+def _operands_fit(shape: list[int], rhs_shape: list[int], constant: bool) -> bool:
+    """A constant [K, N] weight, or an activation operand with A's batch axes (q·kᵀ, attn·v)."""
+    if constant:
+        return len(rhs_shape) == 2
+    return len(rhs_shape) == len(shape) >= 3 and rhs_shape[:-2] == shape[:-2]
+
+
+def _padded(x: Any, trailing: list[int]) -> Any:
+    """Zero-pad the last axes (K to whole quads, N to whole vectors): zero bytes add nothing."""
+    from tvm import relax
+
+    if not any(trailing):
+        return x
+    return relax.op.nn.pad(x, [v for t in trailing for v in (0, t)], pad_value=0)
+
+
 def pack_weight(weight: np.ndarray) -> np.ndarray:
-    """[K, N] int8 -> [N/16, K/4, 64]: the 16 x 4 bytes one `vpdpbusd` reads, contiguous."""
+    """[K, N] int8 -> [1, N/16, K/4, 64]: the 16 x 4 bytes one `vpdpbusd` reads, contiguous."""
     k, n = weight.shape
     packed = weight.reshape(k // QUAD, QUAD, n // LANES, LANES).transpose(2, 0, 3, 1)
-    return np.ascontiguousarray(packed).reshape(n // LANES, k // QUAD, LANES * QUAD)
+    return np.ascontiguousarray(packed).reshape(1, n // LANES, k // QUAD, LANES * QUAD)
 
 
-def _kernel(bt: int, m: int, k: int, n: int) -> Any:
-    """C[t, m, n] = A[t, m, k] (uint8) x B (int8, packed [N/16, K/4, 64]), one `vpdpbusd` per
-    block instance: 16 output columns += 4 products each. Written with the intrinsic in the block
-    body because `Schedule.tensorize` segfaults in this TVM wheel (it serializes through the same
-    `ToJSONGraph` that crashes MetaSchedule); LLVM 20 declares the instruction on i8 vectors."""
+def _kernel(bt: int, m: int, k: int, n: int, shared: bool) -> Any:
+    """C[t, m, n] = A[t, m, k] (uint8) x B (int8, packed [N/16, K/4, 64], one for all t if
+    `shared`, else one per t), one `vpdpbusd` per block instance: 16 output columns += 4
+    products. Written with the intrinsic in the block body because `Schedule.tensorize` segfaults
+    in this TVM wheel (it serializes through the same `ToJSONGraph` that crashes MetaSchedule);
+    LLVM 20 declares the instruction on i8 vectors."""
     from tvm.script import tirx as T
 
     i64 = T.int64
+    bb, step = (1, 0) if shared else (bt, 1)  # B's batch extent, and its index step per t
 
     @T.prim_func(private=True, s_tir=True)
     def vnni_matmul(a: T.Buffer((i64(bt), i64(m), i64(k)), "uint8"),
-                    b: T.Buffer((i64(n // LANES), i64(k // QUAD), i64(64)), "int8"),
+                    b: T.Buffer((i64(bb), i64(n // LANES), i64(k // QUAD), i64(64)), "int8"),
                     c: T.Buffer((i64(bt), i64(m), i64(n)), "int32")) -> None:
         for t, i, jb, kq in T.grid(i64(bt), i64(m), i64(n // LANES), i64(k // QUAD)):
             with T.sblock(KERNEL):
                 vt, vi, vj, vk = T.axis.remap("SSSR", [t, i, jb, kq])
-                T.reads(a[vt, vi, vk * 4: vk * 4 + 4], b[vj, vk, 0:64])
+                T.reads(a[vt, vi, vk * 4: vk * 4 + 4], b[vt * step, vj, vk, 0:64])
                 T.writes(c[vt, vi, vj * 16: vj * 16 + 16])
                 with T.init():
                     c[vt, vi, T.ramp(vj * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
                 c[vt, vi, T.ramp(vj * 16, 1, 16)] = T.call_llvm_pure_intrin(
                     "int32x16", "llvm.x86.avx512.vpdpbusd.512", c[vt, vi, T.ramp(vj * 16, 1, 16)],
                     T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", a[vt, vi, T.ramp(vk * 4, 1, 4)]), 16)),
-                    b[vj, vk, T.ramp(i64(0), 1, 64)])
+                    b[vt * step, vj, vk, T.ramp(i64(0), 1, 64)])
 
     return vnni_matmul.with_attr("op_pattern", 4)  # kOutEWiseFusable: the requantization fuses in
 
