@@ -5,8 +5,8 @@ so `tune_tir` dies at start) and the CPU dlight rules cover only GEMV and reduct
 every matmul as a naive triple loop (~50x slower than ONNX Runtime). `schedule_module` walks the
 fused PrimFuncs, finds matmul-like blocks (one reduction iter, >= 2 spatial iters, `C += A * B`),
 and gives them a register-blocked schedule: the output rows x vector columns tile accumulates in a
-local buffer, the innermost loop is a SIMD vector, the outer tile loop is parallel. Everything else
-gets a parallel outer loop and, where the innermost extent allows, a vectorized inner one.
+local buffer, the innermost loop is a SIMD vector, the outer tile loop is parallel. Element-wise
+and reduction functions are computed row by row under one parallel loop (`_schedule_other`).
 
 The library is compiled for this host's CPU (`host_target`): it is not portable to older CPUs.
 
@@ -15,8 +15,10 @@ u8 x s8, int64 Add/Sub/Mul/Div (truncating)/Mod (fmod=0, floor), Max/Min/Clip, R
 comparisons, Where, Gather, BitShift on uint64, shape ops, per-axis DequantizeLinear) imports
 through 0.27's `from_onnx` and is bit-exact vs ONNX Runtime, QuantizeLinear's round-half-to-even
 included, so `_rewrite_onnx` fixes the batch axis and otherwise only turns Conv into im2col + MatMul
-(`convs_as_matmuls`: the matmul is what the schedules make fast). MatMulInteger lowers to int32 x int32
-(inputs cast), and the schedule inlines the casts so the loop reads the int8 tensors.
+(`convs_as_matmuls`: the matmul is what the schedules make fast). In relax, narrowing casts are
+moved ahead of data movement (`tvm_casts`), and on an AVX-512 VNNI CPU every 8-bit MatMulInteger
+becomes a `vpdpbusd` kernel (`tvm_vnni`); elsewhere it lowers to int32 x int32 with the casts
+inlined into the loop.
 """
 
 from __future__ import annotations

@@ -37,10 +37,12 @@ def vnni_matmuls(mod: Any) -> Any:
     """`mod` with its 8-bit matmuls (int8/uint8 A, int8 B, int32 out) replaced by `vnni_matmul` calls."""
     import tvm
     from tvm import relax
-    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-    a, b = wildcard(), wildcard()
-    pattern = is_op("relax.matmul")(is_op("relax.astype")(a), is_op("relax.astype")(b))
+    a, b, zero = wildcard(), wildcard(), is_const()
+    # MatMulInteger with a zero point for A imports as (astype(A) - astype(zero)) · astype(B)
+    shifted = is_op("relax.subtract")(is_op("relax.astype")(a), is_op("relax.astype")(zero))
+    pattern = is_op("relax.matmul")(is_op("relax.astype")(a) | shifted, is_op("relax.astype")(b))
     builder = relax.BlockBuilder(mod)
     kernels: dict[tuple, Any] = {}
 
@@ -49,7 +51,8 @@ def vnni_matmuls(mod: Any) -> Any:
         constant = isinstance(rhs, tvm.ir.expr.Constant)
         shape, rhs_shape = [int(d) for d in lhs.ty.shape], [int(d) for d in rhs.ty.shape]
         if (str(call.ty.dtype) != "int32" or str(lhs.ty.dtype) not in ("int8", "uint8") or str(rhs.ty.dtype) != "int8"
-                or len(shape) < 2 or rhs_shape[-2] != shape[-1] or not _operands_fit(shape, rhs_shape, constant)):
+                or (zero in matches and matches[zero].value.numpy().size != 1) or len(shape) < 2
+                or rhs_shape[-2] != shape[-1] or not _operands_fit(shape, rhs_shape, constant)):
             return call
         *batch, m, k = shape
         n = rhs_shape[-1]
@@ -58,27 +61,28 @@ def vnni_matmuls(mod: Any) -> Any:
         key = (bt, m, kp, np_, constant)
         if key not in kernels:
             kernels[key] = builder.add_func(_kernel(*key), KERNEL)
-        signed = str(lhs.ty.dtype) == "int8"
-        if signed:  # vpdpbusd multiplies unsigned by signed bytes
+        offset = int(matches[zero].value.numpy()) if zero in matches else 0  # A's zero point
+        if str(lhs.ty.dtype) == "int8":  # vpdpbusd multiplies unsigned by signed bytes
             lhs = relax.op.astype(relax.op.add(relax.op.astype(lhs, "int16"), relax.const(128, "int16")), "uint8")
+            offset += 128
         if len(shape) != 3:
             lhs = relax.op.reshape(lhs, [bt, m, k])
         lhs = _padded(lhs, [0, 0, kp - k])
         if constant:
             weight = rhs.value.numpy()
             packed = relax.const(pack_weight(np.pad(weight, [(0, kp - k), (0, np_ - n)])))
-            colsum = relax.const(128 * weight.astype(np.int32).sum(0))
+            colsum = relax.const(offset * weight.astype(np.int32).sum(0))
         else:  # kᵀ or v, packed per head at run time by a fused transpose
             rhs = relax.op.reshape(rhs, [bt, k, n])
             colsum = relax.op.multiply(relax.op.sum(relax.op.astype(rhs, "int32"), axis=1, keepdims=True),
-                                       relax.const(128, "int32"))
+                                       relax.const(offset, "int32"))
             packed = relax.op.reshape(_padded(rhs, [0, kp - k, np_ - n]), [bt, kp // QUAD, QUAD, np_ // LANES, LANES])
             packed = relax.op.reshape(relax.op.permute_dims(packed, [0, 3, 1, 4, 2]),
                                       [bt, np_ // LANES, kp // QUAD, LANES * QUAD])
         y = relax.call_tir(kernels[key], [lhs, packed], relax.TensorType([bt, m, np_], "int32"))
         if np_ != n:
             y = relax.op.strided_slice(y, [2], [0], [n])
-        if signed:
+        if offset:
             y = relax.op.subtract(y, colsum)
         # a 3-D A (tokens of a ViT) keeps its shape, so the requantization epilogue fuses into the
         # kernel: a reshape after it would end the fused group (it is injective, not element-wise)

@@ -7,6 +7,7 @@ producer clips to that range first. Post-softmax probabilities are unsigned (0..
 
 from __future__ import annotations
 
+import onnx
 import torch
 from onnxscript import opset18 as op
 
@@ -31,8 +32,16 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor
 
 
 def _int_linear_onnx(x, weight, bias):
-    acc = op.MatMulInteger(op.Cast(x, to=INT8), op.Transpose(weight, perm=[1, 0]))
+    a, zero = _as_uint8(x)
+    acc = op.MatMulInteger(a, op.Transpose(weight, perm=[1, 0]), zero)
     return op.Add(op.Cast(acc, to=INT64), op.Cast(bias, to=INT64))
+
+
+def _as_uint8(x):
+    """int8 codes as uint8 with zero point 128 (MatMulInteger's A and a_zero_point): the same
+    product, but ONNX Runtime's fast integer GEMMs (MLAS) take uint8 × int8 activations."""
+    zero = onnx.helper.make_tensor("zero_point_128", UINT8, [], [128])
+    return op.Cast(op.Add(x, op.Constant(value_int=128)), to=UINT8), op.Constant(value=zero)
 
 
 @torch.library.custom_op("compressor::int_matmul", mutates_args=())
@@ -47,7 +56,11 @@ def _(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool) -> torch.Tensor:
 
 
 def _int_matmul_onnx(a, b, a_unsigned: bool):
-    acc = op.MatMulInteger(op.Cast(a, to=UINT8 if a_unsigned else INT8), op.Cast(b, to=INT8))
+    if a_unsigned:
+        acc = op.MatMulInteger(op.Cast(a, to=UINT8), op.Cast(b, to=INT8))
+    else:
+        a, zero = _as_uint8(a)
+        acc = op.MatMulInteger(a, op.Cast(b, to=INT8), zero)
     return op.Cast(acc, to=INT64)
 
 
