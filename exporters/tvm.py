@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -290,14 +291,21 @@ class TvmRunner:
 
 
 def _load_fresh(path: Path) -> Any:
-    """Load a private copy: dlopen caches by file name, so loading a re-exported `model.so` in the
-    same process would silently return the library loaded first (a W8 model run as the W4 one)."""
+    """Load a private copy that lives as long as the process.
+
+    dlopen returns an already-loaded library for a file with the same device and inode, not only
+    the same name: loading a re-exported `model.so` returned the library loaded first (a W8 model
+    run as the W4 one), and so did a deleted copy whose inode the next copy reused (the earlier fix,
+    a copy deleted right after loading, failed that way when one process compiled several models).
+    """
     import tvm
 
-    with tempfile.TemporaryDirectory() as d:
-        copy = Path(d) / f"{os.getpid()}_{id(path)}_{path.name}"
-        shutil.copyfile(path, copy)
-        return tvm.runtime.load_module(str(copy))  # mapped into memory: the file may go now
+    copy = Path(_LOADED.name) / f"{uuid.uuid4().hex}_{path.name}"
+    shutil.copyfile(path, copy)
+    return tvm.runtime.load_module(str(copy))
+
+
+_LOADED = tempfile.TemporaryDirectory(prefix="tvm-loaded-")  # removed at exit
 
 
 def set_threads(threads: int) -> None:
