@@ -165,8 +165,6 @@ def _evaluate(graph: Any, region: set[int], seed: str, lo: int, hi: int, outputs
     used = {n for node in nodes for n in node.input if n in scalars}
     produced = {o for node in nodes for o in node.output}
     inits = [numpy_helper.from_array(np.asarray(scalars[n]), n) for n in sorted(used - produced)]
-    if any(o not in dtypes for o in outputs):
-        return None
     sub = helper.make_graph(nodes, "table", [helper.make_tensor_value_info(seed, dtypes[seed], [hi - lo + 1])],
                             [helper.make_tensor_value_info(o, dtypes[o], None) for o in outputs], inits)
     model = helper.make_model(sub, opset_imports=[helper.make_opsetid("", 18)])
@@ -187,10 +185,13 @@ def _gathers(seed: str, dtype: int, lo: int, outputs: list[str], tables: list[np
     """Gather(table, seed − lo) per output; the tables and the offset as initializers (TVM's
     importer reads no scalar `value_int` Constants)."""
     index, nodes, inits = seed, [], []
-    if dtype not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) or lo:
+    # Gather takes int32/int64 indices and the offset is int64: an int64 seed (the ViT's) is used as is
+    if dtype != onnx.TensorProto.INT64 and (lo or dtype != onnx.TensorProto.INT32):
+        nodes.append(helper.make_node("Cast", [index], [f"{tag}_i64"], to=onnx.TensorProto.INT64))
+        index = f"{tag}_i64"
+    if lo:
         inits.append(numpy_helper.from_array(np.array(lo, np.int64), f"{tag}_lo"))
-        nodes.append(helper.make_node("Cast", [seed], [f"{tag}_i64"], to=onnx.TensorProto.INT64))
-        nodes.append(helper.make_node("Sub", [f"{tag}_i64", f"{tag}_lo"], [f"{tag}_index"]))
+        nodes.append(helper.make_node("Sub", [index, f"{tag}_lo"], [f"{tag}_index"]))
         index = f"{tag}_index"
     for k, (out, table) in enumerate(zip(outputs, tables, strict=True)):
         inits.append(numpy_helper.from_array(table, f"{tag}_{k}"))

@@ -146,8 +146,8 @@ def compile_onnx(onnx_path: str | Path, out_path: str | Path, batch: int, schedu
     mod = relax.transform.DecomposeOpsForInference()(mod)
     if schedule:
         mod = sink_narrowing_casts(mod)
-    if schedule and has_vnni(target):
-        mod = vnni_matmuls(mod)
+        if has_vnni(target):
+            mod = vnni_matmuls(mod)
     with target:
         mod = tvm.transform.Sequential([
             relax.transform.LegalizeOps(),
@@ -339,7 +339,7 @@ def schedule_module(mod: Any, target: Any) -> Any:
         try:
             _schedule_func(sch, lanes)
         except Exception as e:  # TVM raises several unrelated error types
-            _log.warning("no schedule for %s: %s", gvar.name_hint[:60], e)
+            _log.debug("no schedule for %s: %s", gvar.name_hint, e)
             continue
         updated[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     for gvar, func in updated.items():
@@ -497,8 +497,9 @@ def _schedule_other(sch: Any, blocks: list[Any], lanes: int) -> None:
     parallel loop paid a thread-pool launch and wrote a whole tensor (I-LayerNorm's per-row Newton
     steps took 2.8 ms for 197 rows in 70 launches). Inside one row the intermediates stay in L1.
     A function whose blocks do not share the last block's rows (a transpose between them) keeps
-    one parallel loop per block: computed per row, the whole transposed input would be recomputed
-    for every row (a weight-packing transpose took 4 ms instead of 0.1).
+    one parallel loop per block, its pure data-movement blocks inlined into one pass: computed per
+    row, the whole transposed input would be recomputed for every row (a transposing copy took 4 ms
+    instead of 0.1).
     """
     if len(blocks) > 1 and _share_rows(sch, blocks):
         with contextlib.suppress(Exception):
@@ -511,7 +512,7 @@ def _schedule_other(sch: Any, blocks: list[Any], lanes: int) -> None:
                     with contextlib.suppress(Exception):
                         _vectorize_inner(sch, block, lanes)
             return
-    for block in reversed(blocks[:-1]):  # a transposing copy: one pass, not one buffer per step
+    for block in reversed(blocks[:-1]):
         if _moves_data(sch, block):
             with contextlib.suppress(Exception):
                 sch.compute_inline(block)
@@ -534,8 +535,8 @@ def _moves_data(sch: Any, block: Any) -> bool:
 
 def _share_rows(sch: Any, blocks: list[Any]) -> bool:
     """Every block iterates over as many rows as the last block (the product of all its loop
-    extents but the innermost): true through a reshape of the leading axes ([1, 6, 197, 197] ->
-    [6, 197, 200]), false through a transpose of the rows."""
+    extents but the innermost): true through a reshape of the leading axes ([1, 197, 384] ->
+    [197, 384]), false through a transpose of the rows."""
     def rows(block: Any) -> int | None:
         extents = [_extent(sch, loop) for loop in sch.get_loops(block)]
         return None if None in extents else int(np.prod(extents[:-1], dtype=np.int64))

@@ -38,7 +38,8 @@ def has_vnni(target: Any) -> bool:
 
 
 def vnni_matmuls(mod: Any) -> Any:
-    """`mod` with its 8-bit matmuls (int8/uint8 A, int8 B, int32 out) replaced by `vnni_matmul` calls."""
+    """`mod` with its 8-bit constant-weight matmuls (int8/uint8 A, int8 B, int32 out) replaced by
+    `vnni_matmul` calls."""
     import tvm
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
@@ -70,7 +71,8 @@ def vnni_matmuls(mod: Any) -> Any:
             offset += 128
         if len(shape) != 3:
             lhs = relax.op.reshape(lhs, [bt, m, k])
-        lhs = _padded(lhs, [0, 0, kp - k])
+        if kp != k:  # zero bytes add nothing to the dot products
+            lhs = relax.op.nn.pad(lhs, [0, 0, 0, 0, 0, kp - k], pad_value=0)
         weight = rhs.value.numpy()
         packed = relax.const(pack_weight(np.pad(weight, [(0, kp - k), (0, np_ - n)])))
         colsum = relax.const(offset * weight.astype(np.int32).sum(0))
@@ -91,24 +93,15 @@ def vnni_matmuls(mod: Any) -> Any:
     return mod
 
 
-def _padded(x: Any, trailing: list[int]) -> Any:
-    """Zero-pad the last axes (K to whole quads, N to whole vectors): zero bytes add nothing."""
-    from tvm import relax
-
-    if not any(trailing):
-        return x
-    return relax.op.nn.pad(x, [v for t in trailing for v in (0, t)], pad_value=0)
-
-
 def pack_weight(weight: np.ndarray) -> np.ndarray:
-    """[K, N] int8 -> [1, N/16, K/4, 64]: the 16 x 4 bytes one `vpdpbusd` reads, contiguous."""
+    """[K, N] int8 -> [N/16, K/4, 64]: the 16 x 4 bytes one `vpdpbusd` reads, contiguous."""
     k, n = weight.shape
     packed = weight.reshape(k // QUAD, QUAD, n // LANES, LANES).transpose(2, 0, 3, 1)
-    return np.ascontiguousarray(packed).reshape(1, n // LANES, k // QUAD, LANES * QUAD)
+    return np.ascontiguousarray(packed).reshape(n // LANES, k // QUAD, LANES * QUAD)
 
 
 def _kernel(bt: int, m: int, k: int, n: int) -> Any:
-    """C[t, m, n] = A[t, m, k] (uint8) x B (int8, packed [1, N/16, K/4, 64]), one `vpdpbusd` per
+    """C[t, m, n] = A[t, m, k] (uint8) x B (int8, packed [N/16, K/4, 64]), one `vpdpbusd` per
     block instance: 16 output columns += 4 products. Written with the intrinsic in the block body
     because `Schedule.tensorize` segfaults in this TVM wheel (it serializes through the same
     `ToJSONGraph` that crashes MetaSchedule); LLVM 20 declares the instruction on i8 vectors."""
@@ -118,19 +111,19 @@ def _kernel(bt: int, m: int, k: int, n: int) -> Any:
 
     @T.prim_func(private=True, s_tir=True)
     def vnni_matmul(a: T.Buffer((i64(bt), i64(m), i64(k)), "uint8"),
-                    b: T.Buffer((i64(1), i64(n // LANES), i64(k // QUAD), i64(64)), "int8"),
+                    b: T.Buffer((i64(n // LANES), i64(k // QUAD), i64(64)), "int8"),
                     c: T.Buffer((i64(bt), i64(m), i64(n)), "int32")) -> None:
         for t, i, jb, kq in T.grid(i64(bt), i64(m), i64(n // LANES), i64(k // QUAD)):
             with T.sblock(KERNEL):
                 vt, vi, vj, vk = T.axis.remap("SSSR", [t, i, jb, kq])
-                T.reads(a[vt, vi, vk * 4: vk * 4 + 4], b[0, vj, vk, 0:64])
+                T.reads(a[vt, vi, vk * 4: vk * 4 + 4], b[vj, vk, 0:64])
                 T.writes(c[vt, vi, vj * 16: vj * 16 + 16])
                 with T.init():
                     c[vt, vi, T.ramp(vj * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
                 c[vt, vi, T.ramp(vj * 16, 1, 16)] = T.call_llvm_pure_intrin(
                     "int32x16", "llvm.x86.avx512.vpdpbusd.512", c[vt, vi, T.ramp(vj * 16, 1, 16)],
                     T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", a[vt, vi, T.ramp(vk * 4, 1, 4)]), 16)),
-                    b[0, vj, vk, T.ramp(i64(0), 1, 64)])
+                    b[vj, vk, T.ramp(i64(0), 1, 64)])
 
     return vnni_matmul.with_attr("op_pattern", 4)  # kOutEWiseFusable: the requantization fuses in
 
@@ -143,8 +136,8 @@ def find_vnni_block(sch: Any, blocks: list[Any]) -> Any | None:
 def schedule_vnni_matmul(sch: Any, block: Any, rows: int = 4, vectors: int = 6) -> Any:
     """Tile: `rows` x (`vectors` x 16) int32 accumulators (24 of the 32 zmm registers), the k loop
     outside them; 4 x 6 measured best of 4x4 .. 12x2 on ViT-S's 197 x 384 x 1536 shapes (~190
-    GMAC/s on 2 cores vs ~50 for the int32 schedule). A column count that 6 does not divide (13
-    vectors for q·kᵀ's 197 keys) gets a predicated last tile. Returns the write-back block."""
+    GMAC/s on 2 cores vs ~50 for the int32 schedule). A column count that 6 does not divide (63
+    vectors for a 1000-class head) gets a predicated last tile. Returns the write-back block."""
     acc = sch.cache_write(block, 0, "local")
     t, i, j, k = sch.get_loops(block)
     i0, i1 = sch.split(i, [None, rows])
