@@ -7,13 +7,15 @@ from exporters.base import Artifact, Exporter, ExportOptions, atomic_dir, atomic
 from exporters.coreml import CoreMLArtifact, CoreMLExporter
 from exporters.executorch import ExecuTorchArtifact, ExecuTorchExporter
 from exporters.onnx import OnnxArtifact, OnnxExporter
+from exporters.openvino import OpenVinoArtifact, OpenVinoExporter
 from exporters.tensorrt import TensorRTArtifact, TensorRTExporter
 from exporters.torch_program import TorchArtifact, TorchExporter
 from exporters.tvm import TvmArtifact, TvmExporter
 
 EXPORTERS: dict[str, type[Exporter]] = {
     e.target: e
-    for e in (CoreMLExporter, ExecuTorchExporter, OnnxExporter, TensorRTExporter, TorchExporter, TvmExporter)
+    for e in (CoreMLExporter, ExecuTorchExporter, OnnxExporter, OpenVinoExporter, TensorRTExporter, TorchExporter,
+              TvmExporter)
 }
 
 
@@ -31,6 +33,7 @@ def get_exporter(name: str, **options: object) -> Exporter:
 
 __all__ = [
     "EXPORTERS", "Artifact", "CoreMLArtifact", "CoreMLExporter", "ExecuTorchArtifact", "ExecuTorchExporter",
-    "ExportOptions", "Exporter", "OnnxArtifact", "OnnxExporter", "TensorRTArtifact", "TensorRTExporter",
+    "ExportOptions", "Exporter", "OnnxArtifact", "OnnxExporter", "OpenVinoArtifact", "OpenVinoExporter",
+    "TensorRTArtifact", "TensorRTExporter",
     "TorchArtifact", "TorchExporter", "TvmArtifact", "TvmExporter", "atomic_dir", "atomic_path", "get_exporter",
 ]
