@@ -103,6 +103,7 @@ def to_quantized_decomposed(graph: Graph, requantized_only: bool = False) -> fx.
     rw.convs()
     rw.constants()
     rw.activations()
+    rw.one_dequantize_per_user()
     left = [n.name for n in gm.graph.nodes if n.op == "call_function" and n.target in _OURS]
     if left:
         raise CompressorError(f"cannot express these compressor Q/DQ nodes as quantized_decomposed ops: "
@@ -162,9 +163,24 @@ class _Rewriter:
         """Whether `node`'s output is quantized again, directly or through one ReLU/hardtanh."""
         users = list(node.users)
         if len(users) == 1 and users[0].op == "call_function" and users[0].target in (
-                aten.relu.default, aten.relu_.default, aten.hardtanh.default):
+                aten.relu.default, aten.relu_.default, aten.relu6.default, aten.hardtanh.default):
             users = list(users[0].users)
         return len(users) == 1 and users[0].op == "call_function" and users[0].target is ops.QUANTIZE
+
+    def one_dequantize_per_user(self) -> None:
+        """A dequantize read by several ops becomes one copy per reader, as convert_pt2e's DuplicateDQPass does.
+
+        Why: XNNPACK's partitioner puts a shared DQ into one consumer's partition only. On an inverted
+        residual block (EfficientNet-Lite0) the block input's DQ feeds both the expand conv and the
+        residual add; it landed in the add's partition, whose other input comes out of the expand/depthwise/
+        project chain in another partition: a cycle, and `to_edge_transform_and_lower` refused the graph
+        ("Invalid partition, found dependency cycles"). Copies compute the same values."""
+        for node in list(self.g.nodes):
+            if node.op != "call_function" or node.target not in (DQ_PER_TENSOR, DQ_PER_CHANNEL):
+                continue
+            for user in list(node.users)[1:]:
+                copy_ = self.call(node.target, node.args, user, node)
+                user.replace_input_with(node, copy_)
 
     def weight_dq(self, codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis: int,
                   name: str, before: fx.Node, like: fx.Node, gemm: fx.Node | None = None) -> fx.Node:
