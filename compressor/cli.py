@@ -79,7 +79,7 @@ def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    from compressor.report.render import artifact_table, gate_table, verdict
+    from compressor.report.render import artifact_table, gate_table, ship_line, verdict
 
     console = Console(width=max(Console().width, 140))
     _, header, rows = artifact_table(report)
@@ -88,6 +88,8 @@ def _print_summary(report: dict, out: Path) -> None:
     console.print(_rich_table(*gate_table(report)))
     colour = "green" if report["gate"]["passed"] else "red"
     console.print(f"gate: [{colour}]{verdict(report)}[/]", highlight=False)
+    if (ship := ship_line(report)) is not None:
+        console.print(ship, highlight=False)
     console.print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 
@@ -103,7 +105,7 @@ def compress(
                                                    "class or an array file [default: bundled test split, else "
                                                    "the calibration data with agreement as the metric]")] = None,
     input_shape: Annotated[str | None, typer.Option(help="model input N,C,H,W, e.g. 1,3,224,224")] = None,
-    export: Annotated[str | None, typer.Option(help="targets: onnx,tensorrt,coreml,tvm,executorch,torch "
+    export: Annotated[str | None, typer.Option(help="targets: onnx,openvino,tensorrt,coreml,tvm,executorch,torch "
                                                     "[default: the recipe's]")] = None,
     max_drop: Annotated[float | None, typer.Option(help="fail (exit 1) if accuracy drops more points")] = None,
     gate_on: Annotated[GateOnChoice | None, typer.Option(

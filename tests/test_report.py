@@ -9,6 +9,8 @@ from compressor.eval import paired_drop, wilson_interval
 from compressor.report import judge, render_html, render_markdown, write_junit
 from compressor.report.compare import compare_reports, load_report
 from compressor.report.pareto import pareto_front, plot_pareto
+from compressor.report.render import ship_line
+from compressor.report.report import best_float, recommend
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -118,6 +120,49 @@ def test_markdown_and_html_state_verdict_numbers_and_unmeasured_targets(tmp_path
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
     assert "src='http" not in page and "href=" not in page  # self-contained: nothing fetched
     assert "96.80 [95.80, 97.80]" in page and "not_measured: needs macOS" in page
+
+
+def _two_runtimes(onnx_drop: float, max_drop: float | None) -> dict:
+    """onnx: float 10 ms, int8 5 ms; openvino: float 4 ms (running bf16), int8 6 ms; the rest as `_report`."""
+    r = _report(onnx_drop, max_drop)
+    ov_base = {**_entry("openvino", "baseline.openvino", "fp32", 98.0, 4.0, 4 * 10**6),
+               "checks": {"inference_precision": "bf16"}}
+    ov = {**_entry("openvino", "model.openvino", "int8", 97.9, 6.0, 10**6), "baseline": "baseline.openvino",
+          "sim_accuracy": 97.9, "sim_gap": 0.0, "drop": 0.1, "drop_ci95": [-0.1, 0.3], "speedup_vs_baseline": 0.67,
+          "size_ratio_vs_baseline": 0.25, "checks": {"inference_precision": "bf16"}}
+    r["baselines"]["onnx"]["latency_ms"], r["artifacts"][0]["latency_ms"] = _lat(10.0), _lat(5.0)
+    r["baselines"]["openvino"] = ov_base
+    r["artifacts"].append(ov)
+    r["gate"] = judge(r["artifacts"], "top1", max_drop, "point")
+    best = r["best_float"] = best_float(r["baselines"])
+    for e in [*r["baselines"].values(), *r["artifacts"]]:
+        e["speedup_vs_best_float"] = round(best["latency_ms"] / e["latency_ms"]["median"], 4)
+    r["recommendation"] = recommend(r["baselines"], r["artifacts"], r["gate"])
+    return r
+
+
+def test_best_float_is_the_fastest_float_artifact_of_any_target_and_names_its_real_precision():
+    r = _two_runtimes(0.2, 0.5)
+    assert r["best_float"]["path"] == "baseline.openvino" and r["best_float"]["runs_as"] == "bf16"
+    # the int8 ONNX is 2x its own float artifact but only 0.8x the fastest float one
+    assert r["artifacts"][0]["speedup_vs_best_float"] == pytest.approx(0.8)
+    md = render_markdown(r)
+    assert "| baseline.openvino | openvino | fp32 (runs bf16) |" in md and "0.80x" in md
+
+
+def test_recommendation_ships_the_fastest_artifact_that_passes_the_gate():
+    # every compressed artifact is slower than OpenVINO's float default: ship the float one
+    rec = _two_runtimes(0.2, 0.5)["recommendation"]
+    assert (rec["path"], rec["compressed"]) == ("baseline.openvino", False)
+    r = _two_runtimes(0.2, 0.5)
+    r["artifacts"][0]["latency_ms"] = _lat(3.0)  # now the int8 ONNX is the fastest and passed
+    r["recommendation"] = recommend(r["baselines"], r["artifacts"], r["gate"])
+    assert (r["recommendation"]["path"], r["recommendation"]["compressed"]) == ("model.onnx", True)
+    r["gate"] = judge(r["artifacts"], "top1", 0.1, "point")  # its drop of 0.2 now fails the gate
+    assert recommend(r["baselines"], r["artifacts"], r["gate"])["path"] == "baseline.openvino"
+    line = ship_line(_two_runtimes(0.2, None))
+    assert line.startswith("Ship on this machine: baseline.openvino (openvino, fp32, runs bf16)")
+    assert "no accuracy limit was set" in line
 
 
 def test_compare_shows_changes_per_artifact(tmp_path, capsys):

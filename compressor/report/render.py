@@ -41,6 +41,18 @@ def _lat(e: dict[str, Any]) -> str:
     return "-" if lat is None else f"{lat['median']:.2f} / {lat['p90']:.2f}"
 
 
+def _precision(e: dict[str, Any]) -> str:
+    """The artifact's precision, and the one its runtime computes float ops in where that differs."""
+    chosen = e["checks"].get("inference_precision") if isinstance(e.get("checks"), dict) else None
+    if not chosen or chosen == "f32":
+        return e["precision"]
+    return f"{e['precision']} (runs {chosen})" if e["precision"] == "fp32" else f"{e['precision']} (float ops {chosen})"
+
+
+def _speedup(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
 def _status(e: dict[str, Any], baseline: bool) -> str:
     return ("baseline" if e["status"] == "ok" else e["status"]) if baseline else e["status"]
 
@@ -49,17 +61,18 @@ def artifact_table(r: dict[str, Any]) -> Table:
     """Per target: its float artifact, then the compressed one, every number from the runtime."""
     b = primary_batch(r["benchmark"]["batch_sizes"])
     header = ["artifact", "target", "precision", "accuracy [95% CI]", "simulation", "sim gap",
-              "drop [95% CI]", f"b{b} median / p90 ms", "speedup", "MB", "status"]
+              "drop [95% CI]", f"b{b} median / p90 ms", "speedup", "vs best float", "MB", "status"]
     rows = []
     for a in r["artifacts"]:
         base = r["baselines"][a["target"]]
-        rows.append([base["path"], base["target"], base["precision"], _ci(base["accuracy"], base["accuracy_ci95"]),
+        rows.append([base["path"], base["target"], _precision(base), _ci(base["accuracy"], base["accuracy_ci95"]),
                      f"{r['float_torch_accuracy']:.2f} (torch)", "-", "-", _lat(base), "1.00x",
-                     f"{base['size_bytes'] / 1e6:.2f}", _status(base, True)])
-        speed = "-" if a["speedup_vs_baseline"] is None else f"{a['speedup_vs_baseline']:.2f}x"
-        rows.append([a["path"], a["target"], a["precision"], _ci(a["accuracy"], a["accuracy_ci95"]),
+                     _speedup(base.get("speedup_vs_best_float")), f"{base['size_bytes'] / 1e6:.2f}",
+                     _status(base, True)])
+        rows.append([a["path"], a["target"], _precision(a), _ci(a["accuracy"], a["accuracy_ci95"]),
                      _num(a["sim_accuracy"]), _num(a["sim_gap"], "+.2f"), _ci(a["drop"], a["drop_ci95"], True),
-                     _lat(a), speed, f"{a['size_bytes'] / 1e6:.2f}", _status(a, False)])
+                     _lat(a), _speedup(a["speedup_vs_baseline"]), _speedup(a.get("speedup_vs_best_float")),
+                     f"{a['size_bytes'] / 1e6:.2f}", _status(a, False)])
     return "Artifacts", header, rows
 
 
@@ -115,13 +128,28 @@ def verdict(r: dict[str, Any]) -> str:
     return f"{word}: worst accuracy drop {g['drop']:.2f} points ({limit})"
 
 
+def ship_line(r: dict[str, Any]) -> str | None:
+    """One sentence: the artifact to ship on this machine, and against what it was chosen."""
+    rec, best = r.get("recommendation"), r.get("best_float")
+    if not rec or not best:
+        return None
+    runs = f", runs {rec['runs_as']}" if rec["runs_as"] else ""
+    best_runs = f", runs {best['runs_as']}" if best["runs_as"] else ""
+    versus = ("it is the fastest float artifact" if rec["path"] == best["path"] and rec["target"] == best["target"]
+              else f"{rec['speedup_vs_best_float']:.2f}x the fastest float artifact, {best['path']} "
+                   f"({best['target']}{best_runs}, {best['latency_ms']:.2f} ms)")
+    return (f"Ship on this machine: {rec['path']} ({rec['target']}, {rec['precision']}{runs}), "
+            f"{rec['latency_ms']:.2f} ms at batch {rec['batch']}; {versus}. Why: {rec['why']}.")
+
+
 def _intro(r: dict[str, Any]) -> str:
     unit = "top-1 %" if r["metric"] == "top1" else "agreement with float %"
     ev = r["data"]["evaluation"]
     bench = r["benchmark"]
     return (f"Metric: {unit} on {ev['count']} images of {ev['source']}. Every accuracy and latency was measured on "
             "the artifact in its own runtime; the PyTorch simulation is shown beside it. Speedups compare with the "
-            f"float artifact of the same target. Latency: {bench['threads']} threads, {bench['warmup']} warm-up "
+            "float artifact of the same target, and (vs best float) with the fastest float artifact of the run. "
+            f"Latency: {bench['threads']} threads, {bench['warmup']} warm-up "
             f"runs, at least {bench['runs']} timed rounds and {bench['min_seconds']} s per batch size, all artifacts "
             "interleaved round by round.")
 
@@ -145,7 +173,10 @@ def _footer(r: dict[str, Any]) -> list[str]:
 
 def render_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Compression report: {r['model']['name']} with `{r['recipe']['name']}`", "",
-             f"Gate: **{verdict(r)}**", "", _intro(r), ""]
+             f"Gate: **{verdict(r)}**", ""]
+    if (ship := ship_line(r)) is not None:
+        lines += [ship, ""]
+    lines += [_intro(r), ""]
     for title, header, rows in tables(r):
         lines += [f"## {title}", "", *markdown_table(header, rows), ""]
     lines += ["## Passes", ""]
@@ -167,7 +198,10 @@ def render_html(r: dict[str, Any], pareto_png: bytes | None = None) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'>",
              f"<title>{e(r['model']['name'])}: {e(r['recipe']['name'])}</title><style>{_CSS}</style></head><body>",
              f"<h1>Compression report: {e(r['model']['name'])} with <code>{e(r['recipe']['name'])}</code></h1>",
-             f"<p class='{verdict_class}'><b>Gate: {e(verdict(r))}</b></p>", f"<p>{e(_intro(r))}</p>"]
+             f"<p class='{verdict_class}'><b>Gate: {e(verdict(r))}</b></p>"]
+    if (ship := ship_line(r)) is not None:
+        parts.append(f"<p><b>{e(ship)}</b></p>")
+    parts.append(f"<p>{e(_intro(r))}</p>")
     for title, header, rows in tables(r):
         parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
         for row in rows:

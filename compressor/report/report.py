@@ -88,6 +88,10 @@ def build_report(rec: Recipe, passes: list[PassRecord], loaded: LoadedModel, sha
                 e["status"] = "slower_than_baseline"
         entries.append(e)
     gate = judge(entries, ev["metric"], ev["gate"].max_drop, ev["gate"].gate_on)
+    best = best_float(base_entries)
+    for e in [*base_entries.values(), *entries]:
+        e["speedup_vs_best_float"] = None if best is None or not e["latency_ms"] else round(
+            best["latency_ms"] / e["latency_ms"]["median"], 4)
     first = base_entries[next(iter(artifacts))]
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
@@ -104,12 +108,55 @@ def build_report(rec: Recipe, passes: list[PassRecord], loaded: LoadedModel, sha
         "artifacts": entries,
         "accuracy_drop": gate["drop"],
         "gate": gate,
+        "best_float": best,
+        "recommendation": recommend(base_entries, entries, gate),
         "sensitivity": _jsonable(ev.get("sensitivity")),
         "benchmark": ev["bench"],
         "passes": [{"name": p.name, "params": p.params, "seconds": p.seconds, "summary": _jsonable(p.summary)}
                    for p in passes],
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+
+
+def runs_as(e: dict[str, Any]) -> str | None:
+    """The precision a runtime really computes float ops in when it is not the artifact's own (OpenVINO
+    runs an fp32 model in bf16 on CPUs that have it), else None."""
+    chosen = e["checks"].get("inference_precision") if isinstance(e.get("checks"), dict) else None
+    return chosen if chosen and chosen != "f32" else None
+
+
+def best_float(base_entries: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The fastest float artifact measured in the run (at the headline batch): the honest baseline, since a
+    target's own float artifact may be slower than another runtime's float default."""
+    timed = [b for b in base_entries.values() if b["latency_ms"]]
+    if not timed:
+        return None
+    b = min(timed, key=lambda e: e["latency_ms"]["median"])
+    return {"target": b["target"], "path": b["path"], "precision": b["precision"], "runs_as": runs_as(b),
+            "latency_ms": b["latency_ms"]["median"], "batch": b["latency_ms"]["batch"]}
+
+
+def recommend(base_entries: dict[str, dict[str, Any]], entries: list[dict[str, Any]],
+              gate: dict[str, Any]) -> dict[str, Any] | None:
+    """Which artifact to ship on this machine: the fastest at the headline batch of the float artifacts and
+    of the compressed ones whose target passed the gate. Without `max_drop` every measured one passes, so
+    the reason says accuracy was not a condition."""
+    floats = [b for b in base_entries.values() if b["latency_ms"]]
+    passed = [e for e in entries if e["latency_ms"] and gate["targets"].get(e["target"], {}).get("passed")]
+    if not floats and not passed:
+        return None
+    pick = min([*floats, *passed], key=lambda e: e["latency_ms"]["median"])
+    compressed = pick in passed
+    if gate["max_drop"] is None:
+        why = "the fastest artifact measured; no accuracy limit was set (--max-drop makes accuracy a condition)"
+    elif compressed:
+        why = f"the fastest artifact whose accuracy drop passed the gate (max {gate['max_drop']} points)"
+    else:
+        why = f"no compressed artifact both passed the gate (max {gate['max_drop']} points) and ran faster"
+    return {"target": pick["target"], "path": pick["path"], "precision": pick["precision"], "runs_as": runs_as(pick),
+            "compressed": compressed, "latency_ms": pick["latency_ms"]["median"], "batch": pick["latency_ms"]["batch"],
+            "speedup_vs_best_float": pick["speedup_vs_best_float"], "accuracy": pick["accuracy"],
+            "drop": pick.get("drop"), "why": why}
 
 
 def judge(entries: list[dict[str, Any]], metric: str, max_drop: float | None, gate_on: str) -> dict[str, Any]:
