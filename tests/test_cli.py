@@ -20,6 +20,7 @@ import compressor
 from compressor import zoo
 from compressor.cli import app
 from compressor.data import Preprocess, open_source
+from compressor.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SPLIT = ROOT / "calibration_data" / "mnist" / "test"
@@ -55,7 +56,7 @@ def test_bundled_model_meets_accuracy_target_on_the_artifact(tmp_path, ckpt):
                                                      "report.html", "report.json", "report.md"]
     r = json.loads((out / "report.json").read_text())
     art = r["artifacts"][0]
-    assert r["schema_version"] == 2 and r["metric"] == "top1"
+    assert r["schema_version"] == 3 and r["metric"] == "top1" and r["files"] == sorted(p.name for p in out.iterdir())
     gate = r["gate"]
     assert gate["max_drop"] == 0.5 and gate["gate_on"] == "point" and gate["passed"] is True
     assert gate["targets"]["onnx"]["drop"] == art["drop"] == r["accuracy_drop"]
@@ -75,6 +76,8 @@ def test_bundled_model_meets_accuracy_target_on_the_artifact(tmp_path, ckpt):
                                                        art["latency_ms"]["median"], rel=1e-3)
     recipe = (out / "recipe.yaml").read_text()
     assert "reduce_range: auto" not in recipe and "sha256:" in recipe and "onnxruntime:" in recipe
+    ran = load_recipe(out / "recipe.yaml")  # the resolved recipe loads again and records what ran
+    assert ran.gate.max_drop == 0.5 and ran.benchmark.batch_sizes == [8] and ran.preprocess.mean == (0.1307,)
     assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "0"
     assert "PASSED" in (out / "report.md").read_text()
 

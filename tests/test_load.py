@@ -54,10 +54,14 @@ def test_pickle_refused_without_trust_then_loaded(files, vit_tiny):
     _check(load_model(files / "pickled.pt", trust_pickle=True), vit_tiny)
 
 
-@pytest.mark.parametrize("name, kind", [("ts.pt", "torchscript"), ("m.pt2", "exported_program")])
-def test_torchscript_and_exported_program(files, vit_tiny, name, kind):
-    loaded = load_model(files / name)
-    assert loaded.kind == kind
+def test_exported_program_loads_without_trust_and_torchscript_needs_it(files, vit_tiny):
+    loaded = load_model(files / "m.pt2")
+    assert loaded.kind == "exported_program"
+    _check(loaded, vit_tiny)
+    with pytest.raises(CompressorError, match=r"TorchScript is a program.*--trust-pickle"):
+        load_model(files / "ts.pt")
+    loaded = load_model(files / "ts.pt", trust_pickle=True)
+    assert loaded.kind == "torchscript"
     _check(loaded, vit_tiny)
 
 

@@ -9,6 +9,7 @@ from compressor.eval import paired_drop, wilson_interval
 from compressor.report import judge, render_html, render_markdown, write_junit
 from compressor.report.compare import compare_reports, load_report
 from compressor.report.pareto import pareto_front, plot_pareto
+from compressor.report.render import hints, verdict_kind
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -111,13 +112,30 @@ def test_markdown_and_html_state_verdict_numbers_and_unmeasured_targets(tmp_path
     md = render_markdown(r)
     assert "FAILED" in md and "1.20 points" in md and "| model.onnx | onnx | int8 | 96.80 [95.80, 97.80] |" in md
     assert "2.00x" in md and "not_measured: needs macOS" in md
-    assert "PASSED" in render_markdown(_report(0.0, None))
+    no_limit = render_markdown(_report(0.0, None))
+    assert "no limit set" in no_limit and "PASSED" not in no_limit and "| passed |" not in no_limit
+    assert "PASSED" in render_markdown(_report(0.0, 0.5))
     plot_pareto(r, tmp_path / "p.png")
     png = (tmp_path / "p.png").read_bytes()
     page = render_html(r, png)
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
     assert "src='http" not in page and "href=" not in page  # self-contained: nothing fetched
     assert "96.80 [95.80, 97.80]" in page and "not_measured: needs macOS" in page
+
+
+def test_a_large_significant_drop_suggests_sensitivity_and_failed_targets_are_named(tmp_path):
+    big = _report(1.2, 0.5)  # 1.2 points, interval [0.8, 1.6]: beyond noise and beyond the hint's 1 point
+    assert any("--sensitivity" in h for h in hints(big)) and verdict_kind(big) == "failed"
+    assert not any("--sensitivity" in h for h in hints(_report(0.7, 0.5)))  # under a point: no hint
+    assert not hints({**big, "sensitivity": {"rows": []}})  # already run: nothing to suggest
+    failed = _report(0.1, None, coreml=True)
+    failed["artifacts"][1]["status"] = "failed: export of the model: RuntimeError: boom"
+    assert hints(failed) == ["coreml: failed: export of the model: RuntimeError: boom"]
+    assert verdict_kind(failed) == "none"
+    write_junit({**failed, "gate": judge(failed["artifacts"], "top1", None, "point")}, tmp_path / "j.xml")
+    root = ET.parse(tmp_path / "j.xml").getroot()
+    assert (root.get("errors"), root.get("skipped")) == ("1", "0")
+    assert "boom" in root.find("testcase/error").get("message")
 
 
 def test_compare_shows_changes_per_artifact(tmp_path, capsys):
