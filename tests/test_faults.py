@@ -9,118 +9,39 @@ run against an older checkout to count which cases held there.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
 import pickle
-import struct
+import xml.etree.ElementTree as ET
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from crafted import (
+    QUICK,
+    TINY_CONFIG,
+    DividesByZero,
+    Overwrite,
+    Payload,
+    checkpoint,
+    digits,
+    edit_program,
+    png_claiming,
+    previous_run,
+    pt2_variant,
+    run_cli,
+    snapshot,
+    tiny_model,
+)
 from PIL import Image
-from torch import nn
-from typer.testing import CliRunner
 
-from compressor import zoo
-from compressor.cli import app
+from compressor import api
+from compressor.passes.reparam.fold_bn import FoldBN
+from exporters import EXPORTERS
+from exporters.torch_program import TorchExporter
 
 ROOT = Path(__file__).resolve().parent.parent
-MNIST = ROOT / "calibration_data" / "mnist"
-TINY_CONFIG = {"in_chans": 1, "num_classes": 10, "widths": [4, 4, 4]}
-PREPROCESS = {"size": [28, 28], "channels": 1, "mean": [0.1307], "std": [0.3081]}
-QUICK = ("name: quick\npasses:\n  - pass: reparam.fold_bn\ncalibration: {batch_size: 16}\n"
-         "benchmark: {batch_sizes: [2], warmup: 0, runs: 3, min_seconds: 0, max_runs: 3}\n")
-
-
-# -- files --------------------------------------------------------------------------------------------
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return zoo.build("resnet", **TINY_CONFIG).eval()
-
-
-def checkpoint(path: Path, model: nn.Module | None = None, **fields: object) -> Path:
-    ckpt = {"format": "compressor.checkpoint", "version": 1, "arch": "resnet", "config": TINY_CONFIG,
-            "state_dict": (model or tiny_model()).state_dict(), "preprocess": PREPROCESS}
-    torch.save({**ckpt, **fields}, path)
-    return path
-
-
-class Payload:
-    """Unpickling this runs `touch <marker>`: what a malicious model file does."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-class Overwrite(nn.Module):
-    """TorchScript whose forward overwrites the first bytes of a file: code, not a model."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        written = torch.from_file(self.path, shared=True, size=4, dtype=torch.uint8).fill_(65)
-        return x.flatten(1)[:, :10] + written[:1].float() * 0
-
-
-class DividesByZero(nn.Module):
-    """Runs, and returns infinities: a model whose numbers mean nothing."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(784, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(1)) / 0.0
-
-
-def pt2_variant(src: Path, dst: Path, edit) -> Path:
-    """A copy of a .pt2 archive with `edit(records)` applied to its {name: bytes}."""
-    from torch.export.pt2_archive import PT2ArchiveReader, PT2ArchiveWriter
-
-    reader = PT2ArchiveReader(str(src))
-    records = {n: reader.read_bytes(n) for n in reader.get_file_names()
-               if not n.startswith(".data/") and n != "byteorder"}
-    edit(records)
-    with PT2ArchiveWriter(str(dst)) as w:
-        for name, data in records.items():
-            w.write_bytes(name, data)
-    return dst
-
-
-def edit_program(edit):
-    def apply(records: dict[str, bytes]) -> None:
-        doc = json.loads(records["models/model.json"])
-        edit(doc)
-        records["models/model.json"] = json.dumps(doc).encode()
-    return apply
-
-
-def png_claiming(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG whose header claims width x height pixels (a decompression bomb's header)."""
-    buf = io.BytesIO()
-    Image.new("L", (1, 1)).save(buf, "PNG")
-    data = bytearray(buf.getvalue())
-    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
-    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
-    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
-    path.write_bytes(bytes(data))
-    return path
-
-
-def digits(n: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    files = sorted((MNIST / "test").glob("*/*.png"))[:: 1000 // n][:n]
-    x = np.stack([np.asarray(Image.open(f)) for f in files])
-    return x, np.asarray([int(f.parent.name) for f in files])
 
 
 @pytest.fixture(scope="module")
@@ -347,28 +268,6 @@ CASES: dict[str, tuple[list[str], int, list[str]]] = {
 }
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file and folder under `folder` (hidden ones too), with a hash of each file's bytes."""
-    if not folder.exists():
-        return {}
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
-
-
-def previous_run(out: Path) -> None:
-    """The files of an earlier run (and a file of the user's) that a failed run must leave alone."""
-    (out / "model.mlpackage").mkdir(parents=True)
-    (out / "model.mlpackage" / "weights.bin").write_bytes(b"old weights")
-    (out / "model.onnx").write_bytes(b"old int8 model")
-    (out / "report.json").write_text(json.dumps({"schema_version": 3, "files": ["model.mlpackage", "model.onnx",
-                                                                                "report.json"]}))
-    (out / "notes.txt").write_text("the user's own notes")
-
-
-def run_cli(args: list[str]):
-    return CliRunner().invoke(app, args, env={"COLUMNS": "40"}, catch_exceptions=False)
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_exits_with_a_named_fix_and_leaves_the_folder_as_it_was(bad, tmp_path, case):
     args, code, says = CASES[case]
@@ -405,3 +304,84 @@ def test_payloads_are_real(bad, tmp_path):
         assert victim.read_text() == "AAAAef"
     finally:
         marker.unlink(missing_ok=True)
+
+
+# -- toolchain failures: exit 3, named, and what did work still publishes --------------------------
+class BrokenExporter(TorchExporter):
+    """A converter that crashes, as ExecuTorch's did on a real CNN."""
+
+    target = "broken"
+    suffix = ".broken"
+
+    def export(self, graph, path, precision):
+        raise RuntimeError("the converter crashed")
+
+
+class CrashingRuntime(TorchExporter):
+    """Exports a file whose runtime then crashes."""
+
+    target = "crashy"
+    suffix = ".crashy.pt2"
+
+    def export(self, graph, path, precision):
+        artifact = super().export(graph, path, precision)
+        artifact.target = self.target
+
+        def runner(threads):
+            raise RuntimeError("the runtime crashed")
+
+        artifact.runner = runner
+        return artifact
+
+
+def test_a_failing_target_is_reported_and_the_others_publish(bad, tmp_path, monkeypatch):
+    monkeypatch.setitem(EXPORTERS, "broken", BrokenExporter)
+    monkeypatch.setitem(EXPORTERS, "crashy", CrashingRuntime)
+    out, junit = tmp_path / "out", tmp_path / "junit.xml"
+    previous_run(out)
+    args = [a.format(d=bad) for a in TINY] + ["-o", str(out), "-q", "--junit", str(junit)]
+    result = run_cli([*args, "--export", "torch,broken,crashy", "--max-drop", "5"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 3, result.output
+    assert "broken failed (export of the float model: RuntimeError: the converter crashed)" in text
+    assert "crashy failed" in text and "the runtime crashed" in text and "--optional-export broken" in text
+    report = json.loads((out / "report.json").read_text())
+    status = {a["target"]: a["status"] for a in report["artifacts"]}
+    assert status["torch"] in ("ok", "slower_than_baseline") and status["broken"].startswith("failed: export")
+    assert status["crashy"].startswith("failed: running") and report["gate"]["passed"]
+    assert report["files"] == ["baseline.crashy.pt2", "baseline.pt2", "model.crashy.pt2", "model.pt2", "pareto.png",
+                               "recipe.yaml", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*report["files"], "notes.txt"])  # old run replaced
+    assert ET.parse(junit).getroot().get("errors") == "2"
+    # the same targets marked optional: reported, and the run passes
+    result = run_cli([*args, "--export", "torch,broken", "--optional-export", "broken"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "report.json").read_text())["artifacts"][1]["optional"] is True
+
+
+def test_a_crashing_pass_is_exit_3_naming_it_and_verbose_shows_the_traceback(bad, tmp_path, monkeypatch):
+    def crash(self, graph, ctx):
+        raise RuntimeError("an internal assertion in the pass")
+
+    monkeypatch.setattr(FoldBN, "apply", crash)
+    out = tmp_path / "out"
+    previous_run(out)
+    before = snapshot(out)
+    args = [a.format(d=bad) for a in TINY] + ["-o", str(out), "-q"]
+    result = run_cli(args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 3 and "pass reparam.fold_bn failed: RuntimeError: an internal assertion" in text
+    assert "--verbose" in text and "Traceback" not in result.output and snapshot(out) == before
+    verbose = run_cli([*args, "--verbose"])
+    assert verbose.exit_code == 3 and "Traceback" in verbose.output and snapshot(out) == before
+
+
+def test_an_unexpected_error_is_exit_3_and_called_a_bug(bad, tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "graph_precision", lambda graph: {}["no such key"])
+    out = tmp_path / "out"
+    previous_run(out)
+    before = snapshot(out)
+    result = run_cli([a.format(d=bad) for a in TINY] + ["-o", str(out), "-q"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 3 and "internal error (KeyError" in text and "bug in compressor" in text
+    assert "Traceback" not in result.output and snapshot(out) == before

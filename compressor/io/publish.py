@@ -5,8 +5,9 @@ left behind), writes everything into a staging folder inside it (the same file s
 publishing is a rename even when the folder is a mount point), and publishes by moving the
 previous run's files aside, moving the new ones in with report.json last, then deleting the
 old set. A folder holding a report.json therefore holds one complete run. A failure, Ctrl-C or
-SIGTERM at any point leaves the folder as it was; a run killed outright (SIGKILL, power loss)
-is repaired by the next run that takes the lock.
+SIGTERM at any point leaves the folder as it was (SIGTERM is turned into an exception while the
+folder is held, so exporters' temporary folders are removed by their own `finally` blocks); a
+run killed outright (SIGKILL, power loss) is repaired by the next run that takes the lock.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ class OutputFolder:
         self._fd: int | None = None
         self._created: list[Path] = []
         self._saved_handler: signal.Handlers | None = None
-        self._saved_tempdir: str | None = None
 
     # -- lifetime ------------------------------------------------------------------------------------
     def __enter__(self) -> OutputFolder:
@@ -84,14 +84,9 @@ class OutputFolder:
             self._release()
             raise
         self._catch_sigterm()
-        # exporters' temporary folders (TVM's compile folder, ...) go inside the staging folder, so
-        # they are removed with it however the run ends
-        (self.staging / "tmp").mkdir()
-        self._saved_tempdir, tempfile.tempdir = tempfile.tempdir, str(self.staging / "tmp")
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        tempfile.tempdir = self._saved_tempdir
         self._restore_sigterm()
         self._release(failed=kind is not None)
 
@@ -145,7 +140,7 @@ class OutputFolder:
     # -- publishing ----------------------------------------------------------------------------------
     def staged(self) -> list[str]:
         """What this run has written so far (artifacts), as the names they will publish under."""
-        return sorted(p.name for p in self.staging.iterdir() if p.name not in (RUN_INFO, "tmp"))
+        return sorted(p.name for p in self.staging.iterdir() if p.name != RUN_INFO)
 
     def publish(self, artifact_names: set[str], keep: set[Path]) -> list[Path]:
         """Replace the folder's previous results with the staged ones, as one unit.
@@ -227,13 +222,16 @@ def _signals_held() -> Iterator[None]:
 
 
 def _roll_back(out: Path, previous: Path, staging: Path, moved_in: list[str]) -> None:
+    """Undo a publish that failed midway; what cannot be moved back stays in `previous` for the
+    next run's repair rather than being deleted."""
     for name in moved_in:
         with contextlib.suppress(OSError):
             os.replace(out / name, staging / name)
     for p in previous.iterdir():
         with contextlib.suppress(OSError):
             os.replace(p, out / p.name)
-    shutil.rmtree(previous, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        previous.rmdir()
 
 
 def _remove(p: Path) -> None:
