@@ -231,7 +231,7 @@ def test_bad_input_exits_2_with_a_clear_message(bad_inputs, tmp_path, case):
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
     assert not out.exists() or not any(out.iterdir())
-    assert not list(tmp_path.glob(".out.partial-*")), "staging folder left behind"
+    assert not list(tmp_path.glob(".compressor-*")) and not list(out.glob(".compressor-*")), "staging left behind"
 
 
 def test_console_script_help_and_recipes():

@@ -200,6 +200,7 @@ CASES: dict[str, tuple[list[str], int, list[str]]] = {
                                                                "--trust-pickle"]),
     # damaged or hostile archives
     "truncated .pt2": (["{d}/truncated.pt2"], 2, ["truncated.pt2", "torch.export"]),
+    "truncated .pt2, trusted": (["{d}/truncated.pt2", "--trust-pickle"], 2, ["truncated.pt2", "not a readable"]),
     "tampered TorchScript, trusted": (["{d}/tampered_ts.pt", "--trust-pickle"], 2, ["tampered_ts.pt", "TorchScript"]),
     "zip without its end record": (["{d}/no_end.pt"], 2, ["no_end.pt", "not a PyTorch model file"]),
     "zip with a corrupt central directory": (["{d}/bad_central_dir.pt"], 2, ["bad_central_dir.pt", "damaged zip"]),

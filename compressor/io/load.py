@@ -13,6 +13,7 @@ import pickle
 import pickletools
 import sys
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import nn
 from compressor import zoo
 from compressor.data.preprocess import Preprocess
 from compressor.errors import CompressorError, first_line
-from compressor.io.pt2 import load_untrusted
+from compressor.io.pt2 import load_untrusted, quiet_torch
 
 CHECKPOINT_FORMAT = "compressor.checkpoint"
 WEIGHTS_ONLY_REFUSAL = "Weights only load failed"  # torch.load(weights_only=True) refusing an object
@@ -119,11 +120,14 @@ def _zip_names(p: Path) -> list[str]:
 def _pickle_bytes(p: Path, names: list[str]) -> bytes:
     """The pickle of a torch.save file: its zip's data.pkl, or the start of a legacy/raw pickle."""
     data_pkl = next((n for n in names if n.endswith("/data.pkl")), None)
-    if data_pkl is not None:
-        with zipfile.ZipFile(p) as z:
-            return z.read(data_pkl)
-    with open(p, "rb") as f:
-        return f.read(PICKLE_SCAN_BYTES)
+    try:
+        if data_pkl is not None:
+            with zipfile.ZipFile(p) as z:
+                return z.read(data_pkl)
+        with open(p, "rb") as f:
+            return f.read(PICKLE_SCAN_BYTES)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error):  # damaged: nothing to name
+        return b""
 
 
 def _pickle_globals(data: bytes) -> list[str] | None:
@@ -169,7 +173,11 @@ def _load_exported(p: Path, trust: bool) -> LoadedModel:
     if not trust:
         return LoadedModel(load_untrusted(p), str(p), "exported_program", p.stem)
     try:
-        ep = torch.export.load(str(p))
+        from torch.export.pt2_archive import PT2ArchiveReader
+
+        PT2ArchiveReader(str(p))  # a damaged archive's own reason, not torch.export.load's generic one
+        with quiet_torch():
+            ep = torch.export.load(str(p))
     except Exception as e:
         raise CompressorError(f"{p} is not a readable torch.export archive ({type(e).__name__}: {first_line(e)}). "
                               "Save one with torch.export.save(torch.export.export(model, args), path).") from None

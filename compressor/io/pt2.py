@@ -102,7 +102,7 @@ def load_untrusted(path: Path) -> torch.export.ExportedProgram:
             "(trust_pickle=True in Python); otherwise re-export the model with torch.export.save from plain "
             "tensors and standard operators.")
     try:
-        with _quiet_torch():
+        with quiet_torch():
             program = _dict_to_dataclass(schema.ExportedProgram, doc)
             return ExportedProgramDeserializer().deserialize(program, state, constants, sample)
     except Exception as e:  # torch's deserializer raises many kinds on a malformed program
@@ -112,15 +112,18 @@ def load_untrusted(path: Path) -> torch.export.ExportedProgram:
 
 
 @contextlib.contextmanager
-def _quiet_torch() -> Iterator[None]:
-    """torch's deserializer logs warnings (unused symbols) that say nothing to a compress user."""
-    logger = logging.getLogger("torch._export.serde.serialize")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def quiet_torch() -> Iterator[None]:
+    """torch's loaders log warnings and whole tracebacks (unused symbols, a damaged archive) that
+    say nothing to a compress user: the error it gets names the file and the fix instead."""
+    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export.serde.serialize")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 # -- the program ------------------------------------------------------------------------------------
