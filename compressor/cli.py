@@ -209,8 +209,8 @@ def compress(
                                     f"as it was. {more}", junit) from None
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        raise _fail(128 + signum, f"stopped by {signal.Signals(signum).name}; {out} was left as it was.",
-                    junit) from None
+        state = "holds the new results" if getattr(e, "published", False) else "was left as it was"
+        raise _fail(128 + signum, f"stopped by {signal.Signals(signum).name}; {out} {state}.", junit) from None
     except Exception as e:
         if verbose:
             traceback.print_exception(e)

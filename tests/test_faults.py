@@ -282,8 +282,11 @@ def test_bad_input_exits_with_a_named_fix_and_leaves_the_folder_as_it_was(bad, t
         assert fragment in text, f"{fragment!r} missing from: {result.output}"
     assert "Traceback" not in result.output and len(result.output) < 80 * 24, result.output
     assert snapshot(out) == before
-    assert not (bad / "PAYLOAD_RAN").exists(), "a payload ran"
-    assert (bad / "victim.txt").read_text() == "the user's data"
+    ran, victim = bad / "PAYLOAD_RAN", bad / "victim.txt"
+    touched = ran.exists() or victim.read_text() != "the user's data"
+    ran.unlink(missing_ok=True)  # one case's payload must not fail the next
+    victim.write_text("the user's data")
+    assert not touched, "a payload ran"
 
 
 def test_payloads_are_real(bad, tmp_path):
@@ -354,6 +357,11 @@ def test_a_failing_target_is_reported_and_the_others_publish(bad, tmp_path, monk
                                "recipe.yaml", "report.html", "report.json", "report.md"]
     assert sorted(p.name for p in out.iterdir()) == sorted([*report["files"], "notes.txt"])  # old run replaced
     assert ET.parse(junit).getroot().get("errors") == "2"
+    # strict JSON: the float program's outputs equal the float model's, an infinite SQNR, written as null
+    assert "Infinity" not in (out / "report.json").read_text()
+    assert report["baselines"]["torch"]["sqnr_db_vs_float"] is None
+    assert {"path": "baselines.torch.sqnr_db_vs_float", "value": "inf",
+            "reason": "no difference from the reference (the noise is zero, the SQNR infinite)"} in report["non_finite"]
     # the same targets marked optional: reported, and the run passes
     result = run_cli([*args, "--export", "torch,broken", "--optional-export", "broken"])
     assert result.exit_code == 0, result.output

@@ -95,6 +95,25 @@ def test_a_failed_publish_rolls_back(tmp_path, monkeypatch):
     assert snapshot(out) == before and len(calls) > 3
 
 
+def test_ctrl_c_during_publishing_waits_until_the_new_set_is_complete(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    previous_run(out)
+    real_replace = os.replace
+
+    def replace_and_interrupt(src, dst):
+        if Path(dst).parent.name.startswith(PREVIOUS_PREFIX) and Path(dst).name == "report.json":
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C as the old set starts moving aside
+        real_replace(src, dst)
+
+    monkeypatch.setattr(publish.os, "replace", replace_and_interrupt)
+    with pytest.raises(KeyboardInterrupt) as interrupted, OutputFolder(out) as folder:
+        stage_run(folder, {"model.onnx": "new"})
+        folder.publish(ARTIFACTS, set())
+    assert interrupted.value.published  # the CLI then says the folder holds the new results
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "notes.txt", "report.json"]
+    assert (out / "model.onnx").read_text() == "new"
+
+
 def test_a_run_killed_mid_publish_is_repaired_by_the_next(tmp_path):
     """SIGKILL between moving the old set aside and moving the new report in: the next run that
     takes the lock puts the old set back (no report.json means the new set is incomplete)."""

@@ -57,6 +57,7 @@ class OutputFolder:
         self._fd: int | None = None
         self._created: list[Path] = []
         self._saved_handler: signal.Handlers | None = None
+        self.published = False
 
     # -- lifetime ------------------------------------------------------------------------------------
     def __enter__(self) -> OutputFolder:
@@ -88,6 +89,8 @@ class OutputFolder:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._restore_sigterm()
+        if exc is not None and self.published:  # a signal held during publishing arrives just after it
+            exc.published = True  # type: ignore[attr-defined]
         self._release(failed=kind is not None)
 
     def _lock(self) -> None:
@@ -171,6 +174,7 @@ class OutputFolder:
                     f"publishing into {self.out} failed ({e.strerror}: {e.filename}); the folder was left as it "
                     "was. Check its permissions, or choose another folder with -o.") from None
             shutil.rmtree(previous, ignore_errors=True)
+            self.published = True
         return [self.out / n for n in new]
 
     def _previous_results(self, artifact_names: set[str]) -> set[str]:
