@@ -216,13 +216,22 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM during the few renames of publishing; they arrive right after."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Defer SIGINT and SIGTERM during the few renames of publishing; they arrive right after.
+
+    Python-level handlers, not a signal mask: a mask covers one thread, and the kernel hands a
+    process signal to any thread (torch's, tqdm's) that does not block it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for s, handler in saved.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def _roll_back(out: Path, previous: Path, staging: Path, moved_in: list[str]) -> None:
