@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import traceback
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -185,6 +186,9 @@ def compress(
     if not verbose:
         for noisy in ("torch", "torchao"):  # torchao warns about its CUDA kernels on every CPU import
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        # libraries' deprecation notices (torch's pytree warns on loading any .pt2) are for their
+        # callers' developers; printed, they push the run's own message off the screen
+        warnings.filterwarnings("ignore", category=FutureWarning)
     if list_recipes:
         _print_recipes()
         raise typer.Exit(EXIT_OK)

@@ -84,13 +84,11 @@ def _read_image(path: Path, channels: int | None) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                if im.width * im.height > Image.MAX_IMAGE_PIXELS:
-                    raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
                 mode = {1: "L", 3: "RGB"}.get(channels or 0, "L" if im.mode in ("L", "I", "1", "I;16") else "RGB")
                 return np.asarray(im.convert(mode))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise CompressorError(f"{path}: image too large to decode safely ({e}; the limit is "
-                              f"{Image.MAX_IMAGE_PIXELS:,} pixels, a possible decompression bomb). Resize it or "
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise CompressorError(f"{path}: image too large to decode safely (its header claims more than "
+                              f"{Image.MAX_IMAGE_PIXELS:,} pixels: a possible decompression bomb). Resize it or "
                               "remove it from the folder.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise CompressorError(f"{path}: not a readable image ({e}). Remove it from the folder or fix it.") from None

@@ -78,12 +78,17 @@ def load_model(path: str | Path, arch: str | None = None, trust_pickle: bool = F
                               "Pass the PyTorch model it came from (checkpoint, state_dict with --arch, TorchScript "
                               "or torch.export .pt2).")
     names = _zip_names(p)
+    if p.suffix == ".pt2" and not zipfile.is_zipfile(p):  # torch's own reason is a paragraph about miniz
+        raise CompressorError(f"{p} is not a readable torch.export archive: it is not a zip file (truncated, or "
+                              "another kind of file). Copy it again, or save it with "
+                              "torch.export.save(torch.export.export(model, args), path).")
     if p.suffix == ".pt2" or any(n.endswith("/archive_format") for n in names):
         return _checked(_load_exported(p, trust_pickle), p)
     if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
         return _checked(_load_torchscript(p, trust_pickle), p)
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with quiet_torch():
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         wanted = _pickle_globals(_pickle_bytes(p, names))
         if WEIGHTS_ONLY_REFUSAL not in str(e) or wanted is None:  # not a pickle, or a damaged one

@@ -23,6 +23,7 @@ import logging
 import math
 import pickle
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,14 +114,18 @@ def load_untrusted(path: Path) -> torch.export.ExportedProgram:
 
 @contextlib.contextmanager
 def quiet_torch() -> Iterator[None]:
-    """torch's loaders log warnings and whole tracebacks (unused symbols, a damaged archive) that
-    say nothing to a compress user: the error it gets names the file and the fix instead."""
+    """torch's loaders log warnings and whole tracebacks (unused symbols, a damaged archive), and
+    its `weights_only` unpickler warns about any pickle protocol but 2 (it then loads the file or
+    refuses it): none of that says anything to a compress user, whose error names the file and
+    the fix instead."""
     loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export.serde.serialize")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
@@ -256,7 +261,8 @@ def _raw_storage(reader: Any, record: str, dtype: torch.dtype, sizes: tuple[int,
 
 def _unpickle_tensor(data: bytes) -> torch.Tensor | None:
     try:
-        value = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        with quiet_torch():
+            value = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:
         return None
     return value if isinstance(value, torch.Tensor) else None
@@ -266,7 +272,8 @@ def _sample_inputs(reader: Any, record: str, names: set[str]) -> tuple[Any, list
     if record not in names:
         return ((), {}), []
     try:
-        value = torch.load(io.BytesIO(reader.read_bytes(record)), weights_only=True, map_location="cpu")
+        with quiet_torch():
+            value = torch.load(io.BytesIO(reader.read_bytes(record)), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError:
         return None, [f"sample inputs ({record}) pickled with Python objects"]
     if not isinstance(value, tuple):
