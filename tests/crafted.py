@@ -7,6 +7,7 @@ import io
 import json
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -131,7 +132,17 @@ def previous_run(out: Path) -> None:
     (out / "notes.txt").write_text("the user's own notes")
 
 
+# warnings Python does not print by default (outside __main__); any other would print beside the message
+HIDDEN_BY_DEFAULT = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+
+
 def run_cli(args: list[str]):
-    return CliRunner().invoke(app, args, env={"COLUMNS": "40"}, catch_exceptions=False)
+    """The CLI in-process at a 40-column terminal; `.warnings` lists what a real run would print
+    beside its message (pytest would otherwise swallow it)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "40"}, catch_exceptions=False)
+    result.warnings = [str(w.message)[:200] for w in caught if not issubclass(w.category, HIDDEN_BY_DEFAULT)]
+    return result
 
 

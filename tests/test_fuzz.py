@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-from crafted import QUICK, checkpoint, tiny_model
+from crafted import QUICK, checkpoint, previous_run, run_cli, snapshot, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +29,8 @@ from exporters import EXPORTERS
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 40)), deadline=None,
                 derandomize="FUZZ_EXAMPLES" not in os.environ,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+# whole CLI runs cost more (each loads a model): fewer fixed examples by default
+CLI_FUZZ = settings(FUZZ, max_examples=int(os.environ.get("FUZZ_EXAMPLES", 15)))
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,43 @@ def test_a_corrupted_model_file_loads_or_is_refused_by_name(originals, tmp_path,
     path = tmp_path / f"model{suffix}"
     path.write_bytes(data.draw(corrupted(originals[suffix])))
     _load_or_refuse(path)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pt2"])
+@CLI_FUZZ
+@given(data=st.data())
+def test_a_corrupted_model_through_the_cli_is_exit_2_and_leaves_the_folder_as_it_was(originals, tmp_path, suffix,
+                                                                                   data):
+    """The whole command: refused by name, or (a byte that did not matter) loaded and then stopped by
+    the missing data; either way exit 2, no traceback, no warning, the previous run untouched."""
+    case = Path(tempfile.mkdtemp(dir=tmp_path))
+    model, out = case / f"model{suffix}", case / "out"
+    model.write_bytes(data.draw(corrupted(originals[suffix])))
+    previous_run(out)
+    before = snapshot(out)
+    missing = str(case / "no_data")
+    result = run_cli([str(model), "--calib", missing, "--eval", missing, "-o", str(out), "-q"])
+    assert result.exit_code == 2 and "Traceback" not in result.output and not result.warnings, result.output
+    assert model.name in result.output or "no_data" in result.output or "architecture" in result.output, result.output
+    assert snapshot(out) == before
+
+
+@CLI_FUZZ
+@given(max_drop=st.text(alphabet="0123456789.-+einfa", max_size=6), sizes=st.text(alphabet="0123456789,-x", max_size=6))
+def test_flag_text_through_the_cli_is_exit_2_naming_the_flag_or_stops_at_the_data(originals, tmp_path, max_drop,
+                                                                                  sizes):
+    case = Path(tempfile.mkdtemp(dir=tmp_path))
+    (case / "tiny.pt").write_bytes(originals[".pt"])
+    out = case / "out"
+    previous_run(out)
+    before = snapshot(out)
+    missing = str(case / "no_data")
+    result = run_cli([str(case / "tiny.pt"), "--max-drop", max_drop, "--batch-sizes", sizes,
+                      "--calib", missing, "--eval", missing, "-o", str(out), "-q"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output and not result.warnings, result.output
+    assert any(named in text for named in ("--max-drop", "--batch-sizes", "max-drop", "batch-sizes", "no_data")), text
+    assert snapshot(out) == before
 
 
 numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**6), st.text(max_size=4),

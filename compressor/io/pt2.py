@@ -115,16 +115,16 @@ def load_untrusted(path: Path) -> torch.export.ExportedProgram:
 @contextlib.contextmanager
 def quiet_torch() -> Iterator[None]:
     """torch's loaders log warnings and whole tracebacks (unused symbols, a damaged archive), and
-    its `weights_only` unpickler warns about any pickle protocol but 2 (it then loads the file or
-    refuses it): none of that says anything to a compress user, whose error names the file and
-    the fix instead."""
+    its `weights_only` unpickler warns about what it finds in the file (a pickle protocol but 2, a
+    damaged class reference) before it loads or refuses it: none of that says anything to a
+    compress user, whose error names the file and the fix instead."""
     loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export.serde.serialize")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._weights_only_unpickler")
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
