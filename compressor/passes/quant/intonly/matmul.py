@@ -2,7 +2,19 @@
 
 Values travel as int64 in the PyTorch graph (so the reference never overflows); the ONNX
 translation casts them to the 8-bit types MatMulInteger takes, which is exact because every
-producer clips to that range first. Post-softmax probabilities are unsigned (0..128).
+producer clips to that range first.
+
+Every operand enters MatMulInteger as uint8, a signed one shifted by 128 with zero point 128
+(the same product). ONNX Runtime's uint8 × int8 GEMM multiplies with `vpmaddubsw` on CPUs
+without VNNI (AVX2, AVX-512F), which adds pairs of products into int16 with saturation: pairs
+beyond 32767 came out wrong (30618 off on one random 64-deep row; the integer ViT at 224 px
+disagreed with its reference). uint8 × uint8 is exact there (`vpmaddwd` on 16-bit values) and
+measured as fast; int8 × int8 is exact but has no fast kernel (3-4x slower).
+
+Post-softmax probabilities are unsigned: 0..128 from an 8-bit Shiftmax, 0..2^15 from a 16-bit
+one ("wide"). A wide A is split into byte planes, A = 256·hi + lo with hi in 0..128 and lo in
+0..255, and multiplied as two 8-bit MatMulIntegers: exact (|lo·v| summed over 197 keys stays
+below 2^23) and on the runtimes' 8-bit GEMMs.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ from onnxscript import opset18 as op
 
 from compressor.passes.quant.intonly.requant import INT64
 
-INT8, UINT8 = 3, 2
+UINT8 = 2
 
 
 @torch.library.custom_op("compressor::int_linear", mutates_args=())
@@ -32,35 +44,45 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor
 
 
 def _int_linear_onnx(x, weight, bias):
-    a, zero = _as_uint8(x)
-    acc = op.MatMulInteger(a, op.Transpose(weight, perm=[1, 0]), zero)
+    a, a_zero = _as_uint8(x)
+    w, w_zero = _as_uint8(op.Transpose(weight, perm=[1, 0]))
+    acc = op.MatMulInteger(a, w, a_zero, w_zero)
     return op.Add(op.Cast(acc, to=INT64), op.Cast(bias, to=INT64))
 
 
 def _as_uint8(x):
-    """int8 codes as uint8 with zero point 128 (MatMulInteger's A and a_zero_point): the same
-    product, but ONNX Runtime's fast integer GEMMs (MLAS) take uint8 × int8 activations."""
+    """Signed 8-bit codes (int8 or int64) as uint8 + 128 with zero point 128: the same product
+    on the exact uint8 × uint8 kernels (module docstring)."""
     zero = onnx.helper.make_tensor("zero_point_128", UINT8, [], [128])
-    return op.Cast(op.Add(x, op.Constant(value_int=128)), to=UINT8), op.Constant(value=zero)
+    shifted = op.Add(op.Cast(x, to=INT64), op.Constant(value_int=128))
+    return op.Cast(shifted, to=UINT8), op.Constant(value=zero)
 
 
 @torch.library.custom_op("compressor::int_matmul", mutates_args=())
-def int_matmul(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool) -> torch.Tensor:
-    """a @ b of two 8-bit activations (q·kᵀ, attn·v); `a_unsigned` for softmax outputs."""
+def int_matmul(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool, a_wide: bool) -> torch.Tensor:
+    """a @ b of two activations (q·kᵀ, attn·v): 8-bit, `a_unsigned` for softmax outputs, `a_wide`
+    for a 16-bit softmax output (0..2^15)."""
     return a @ b
 
 
 @int_matmul.register_fake
-def _(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool) -> torch.Tensor:
+def _(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool, a_wide: bool) -> torch.Tensor:
     return a.new_empty((*a.shape[:-1], b.shape[-1]))
 
 
-def _int_matmul_onnx(a, b, a_unsigned: bool):
+def _int_matmul_onnx(a, b, a_unsigned: bool, a_wide: bool):
+    b, b_zero = _as_uint8(b)
+    if a_wide:
+        hi = op.Div(a, op.Constant(value_int=256))  # a ≥ 0: truncation is floor
+        lo = op.Sub(a, op.Mul(hi, op.Constant(value_int=256)))
+        acc_hi = op.Cast(op.MatMulInteger(op.Cast(hi, to=UINT8), b, None, b_zero), to=INT64)
+        acc_lo = op.Cast(op.MatMulInteger(op.Cast(lo, to=UINT8), b, None, b_zero), to=INT64)
+        return op.Add(op.Mul(acc_hi, op.Constant(value_int=256)), acc_lo)
     if a_unsigned:
-        acc = op.MatMulInteger(op.Cast(a, to=UINT8), op.Cast(b, to=INT8))
+        acc = op.MatMulInteger(op.Cast(a, to=UINT8), b, None, b_zero)
     else:
-        a, zero = _as_uint8(a)
-        acc = op.MatMulInteger(a, op.Cast(b, to=INT8), zero)
+        a, a_zero = _as_uint8(a)
+        acc = op.MatMulInteger(a, b, a_zero, b_zero)
     return op.Cast(acc, to=INT64)
 
 
