@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,tvm,coreml,executorch]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,tvm,coreml,executorch,efficientnet]'
 	touch $@
 
 # vit_digits224.pt's calibration and test images are generated, not committed (~100 MB of PNGs);

@@ -1,4 +1,6 @@
+import pytest
 
+from compressor.errors import CompressorError
 from compressor.graph import capture
 from compressor.passes import PASSES, PassContext
 from compressor.passes.reparam.channel_idle import find_plain_ffns
@@ -27,12 +29,13 @@ def test_converted_ffns_have_the_folded_shape_and_start_close_to_the_original(mn
     assert g(x[:3]).shape == (3, 10)
 
 
-def test_a_graph_without_plain_ffns_is_left_alone(mnist_vit):
+def test_a_graph_without_plain_ffns_is_refused(mnist_vit):
     from compressor import zoo
 
     _, calib, x, _ = mnist_vit
     g = capture(zoo.build("repavit_mnist", depth=1).eval(), x[:2])
     nodes = len(g.nodes)
     ctx = PassContext(calib=calib, calib_limit=32)
-    _pass("reparam.channel_idle").run(g, ctx)
-    assert ctx.log[-1].summary["converted"] == 0 and len(g.nodes) == nodes
+    with pytest.raises(CompressorError, match="has none; it is for ViTs"):
+        _pass("reparam.channel_idle").run(g, ctx)
+    assert len(g.nodes) == nodes

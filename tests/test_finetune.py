@@ -36,3 +36,29 @@ def test_distill_refuses_quantized_graphs_and_missing_teacher(vit_tiny, mnist_vi
     _pass("quant.int8_ptq").run(g, ctx)
     with pytest.raises(CompressorError, match="before quantization"):
         _pass("finetune.distill", steps=1).run(g, ctx)
+
+
+def test_distill_never_returns_a_worse_model(mnist_vit):
+    """A learning rate that wrecks the weights: the held-out score never beats the start, so the
+    pass hands back the starting weights unchanged."""
+    model, calib, x, _ = mnist_vit
+    g = capture(model, x[:2])
+    ctx = PassContext(calib=calib, calib_limit=64, teacher=g.clone())
+    start = {k: v.clone() for k, v in g.gm.state_dict().items()}
+    _pass("finetune.distill", steps=10, lr=1.0, warmup=0.0, eval_every=5).run(g, ctx)
+    s = ctx.log[-1].summary
+    assert s["best_step"] == 0 and s["held_out"] >= 12 and s["images"] + s["held_out"] == 64
+    assert s["held_out_agreement_after"] == s["held_out_agreement_before"] == 100.0
+    for k, v in g.gm.state_dict().items():
+        assert torch.equal(v, start[k]), k
+
+
+def test_structured_pruning_refuses_a_model_without_heads_or_ffns(mnist_calib_tensor):
+    from compressor import zoo
+    from compressor.data import DataSource
+
+    torch.manual_seed(0)
+    g = capture(zoo.build("resnet_mnist").eval(), mnist_calib_tensor[:2])
+    ctx = PassContext(calib=DataSource("t", mnist_calib_tensor), teacher=g.clone())
+    with pytest.raises(CompressorError, match=r"nothing to prune.*attention heads.*for a CNN"):
+        _pass("prune.structured").run(g, ctx)

@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from compressor import zoo
+from compressor.errors import CompressorError
 from compressor.graph import Graph, capture
 from compressor.passes import PassContext
 from compressor.passes.reparam.repavit import RePaViT
@@ -99,21 +100,20 @@ def test_found_by_pattern_not_names(residual):
         _assert_same(g(x), model(x))
 
 
-def test_narrow_linear_ffn_is_left_alone():
+def test_narrow_linear_ffn_is_refused_with_the_reason():
     """BN → Linear → BN → Linear with no activation also fits the pattern (a = 0), but with D < C/2
     the C×C matrix it folds into would be bigger than the two Linears."""
     model = nn.Sequential(nn.BatchNorm1d(32), nn.Linear(32, 8), nn.BatchNorm1d(8), nn.Linear(8, 32)).eval()
-    g, summary = _fold(model, torch.randn(4, 32))
-    assert summary["folded"] == 0 and "C² + 2Ca > 2CD" in summary["skipped"][0] and g.count("batch_norm") == 2
+    with pytest.raises(CompressorError, match=r"too narrow to gain.*C² \+ 2Ca > 2CD"):
+        _fold(model, torch.randn(4, 32))
 
 
-def test_plain_vit_is_unchanged(vit_tiny):
+def test_plain_vit_is_refused_and_left_unchanged(vit_tiny):
     g = capture(vit_tiny, X)
     code = g.gm.code
     keys = set(g.gm.state_dict())
-    ctx = PassContext()
-    RePaViT().run(g, ctx)
-    assert ctx.log[0].summary["folded"] == 0 and "graph unchanged" in ctx.log[0].summary["note"]
+    with pytest.raises(CompressorError, match="repavit-convert"):
+        RePaViT().run(g, PassContext())
     assert g.gm.code == code and set(g.gm.state_dict()) == keys
 
 

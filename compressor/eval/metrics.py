@@ -56,6 +56,33 @@ def agreement(out: Outputs, reference: Outputs) -> float:
     return score(out, reference, "agreement")
 
 
+def confident_agreement(out: Outputs, reference: Outputs, threshold: float = 0.5) -> float | None:
+    """Agreement on the inputs the reference is sure of (its top-1 softmax probability > `threshold`).
+
+    On unlabeled photographs many inputs sit between two classes, where any rounding may flip the
+    argmax; the confident subset separates that from a quantizer that really broke the model.
+    None when the reference is confident about nothing.
+    """
+    confident = _softmax(reference.logits).max(1) > threshold
+    if not confident.any():
+        return None
+    agree = out.logits.argmax(1) == reference.logits.argmax(1)
+    return float(agree[confident].mean() * 100.0)
+
+
+def top5_containment(out: Outputs, reference: Outputs) -> float:
+    """Percent of inputs whose reference top-1 class is among `out`'s five highest logits."""
+    k = min(5, out.logits.shape[1])
+    top = np.argpartition(-out.logits, k - 1, axis=1)[:, :k]
+    return float((top == reference.logits.argmax(1)[:, None]).any(1).mean() * 100.0)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
 def sqnr_db(out: Outputs, reference: Outputs) -> float:
     """Signal-to-quantization-noise ratio of the logits against the reference, in dB."""
     noise = float(((out.logits - reference.logits) ** 2).sum())

@@ -68,6 +68,7 @@ class Layer:
     kind: str  # linear | conv | matmul | activation (a quantizer no layer owns)
     compute: str  # the node computing the layer
     output: str  # the node whose value is the layer's output (after its bias)
+    float_output: str | None = None  # where that value is in the float graph, if `output` is not there
     act_uses: list[tuple[str, str]] = field(default_factory=list)  # (quantizer node, consumer node)
     weight: str | None = None  # weight quantizer node
     float_weight: torch.Tensor | None = None  # in the quantized graph's layout
@@ -258,7 +259,7 @@ def quantized_layers(float_graph: Graph, quant_graph: Graph) -> list[Layer]:
             owner = computes.get(user.name) or _producer(_float_input(n), computes) or computes.get(n.name)
             if owner is None:
                 owner = Layer(name=f"{g.module_path(n) or n.name}.act", kind="activation", compute=n.name,
-                              output=n.name)
+                              output=n.name, float_output=_float_input(n).name)
                 layers.append(owner)
                 computes[n.name] = owner
             owner.act_uses.append((n.name, user.name))
@@ -485,7 +486,7 @@ def layer_sensitivity(float_graph: Graph, quant_graph: Graph, data: DataSource, 
     batches = _batches(data, batch_size, limit, fill=bool(quant_graph.fixed_batch))
     n = min(len(data), limit or len(data))
     ref_graph, ref_taps = _tapped(only_quantized(float_graph, quant_graph, (), layers),
-                                  [la.output for la in layers])
+                                  [la.float_output or la.output for la in layers])
     q_graph, q_taps = _tapped(quant_graph, [la.output for la in layers])
     noise = np.zeros(len(layers))
     signal = np.zeros(len(layers))

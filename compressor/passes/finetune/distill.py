@@ -7,11 +7,18 @@ Loss: Hinton's KL(softmax(t/τ) ‖ softmax(s/τ))·τ². Every floating constan
 except BatchNorm running statistics; sparsity masks left by pruning passes are re-applied after
 each step, so a pruned weight never comes back. Runs before quantization passes (a quantized
 graph has no gradient).
+
+A fine-tune on a pretrained model must never make it worse: a fifth of the calibration images
+is held out, the state is scored every `eval_every` steps by top-1 agreement with the teacher on
+them (ties broken by the distillation loss), and the best state seen, the starting one included,
+is what the pass returns. The learning rate warms up linearly and decays with a cosine, at a
+fine-tuning rate: 5e-4 made EfficientNet-Lite0's distillation diverge (loss 0 → 0.58).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,9 +37,13 @@ _BN = (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.defaul
 
 class DistillParams(PassParams):
     steps: int = Field(300, ge=0, description="optimizer steps over the calibration set (0 = skip)")
-    lr: float = Field(5e-4, gt=0, description="peak AdamW learning rate (cosine decay to 0)")
+    lr: float = Field(1e-4, gt=0, description="peak AdamW learning rate (linear warm-up, then cosine to 0)")
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the steps spent warming the rate up")
     temperature: float = Field(2.0, gt=0, description="softmax temperature τ of the distillation loss")
     weight_decay: float = Field(0.0, ge=0)
+    holdout: float = Field(0.2, gt=0, lt=1, description="fraction of calibration images kept out of training to "
+                                                         "pick the best state")
+    eval_every: int = Field(25, ge=1, description="steps between scorings of the held-out images")
 
 
 def trainable_tensors(graph: Graph) -> list[torch.Tensor]:
@@ -74,15 +85,17 @@ class Distill(Pass):
         if p.steps == 0:
             return {"steps": 0}
         batches = [(x, ctx.teacher(x)) for x in ctx.calibration_batches()]
-        before = _agreement(graph, batches)
+        train, held = _split(batches, p.holdout)
         tensors, masks = trainable_tensors(graph), sparsity_masks(graph)
         opt = torch.optim.AdamW(tensors, lr=p.lr, weight_decay=p.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / p.steps)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(p.steps, p.warmup))
         order = torch.Generator().manual_seed(ctx.seed)
-        losses = []
+        before = _agreement(graph, batches)
+        start = best = _score(graph, held, p.temperature)
+        best_step, best_state, losses = 0, [t.detach().clone() for t in tensors], []
         with trainable(tensors):
-            for step in ctx.progress.track(range(p.steps), "distilling", total=p.steps):
-                x, t = batches[int(torch.randint(len(batches), (1,), generator=order))] if step else batches[0]
+            for step in ctx.progress.track(range(1, p.steps + 1), "distilling", total=p.steps):
+                x, t = train[int(torch.randint(len(train), (1,), generator=order))]
                 loss = distill_loss(graph.gm(x), t, p.temperature)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -92,10 +105,44 @@ class Distill(Pass):
                     for w, keep in masks:
                         w.mul_(keep)
                 losses.append(loss.item())
+                if step % p.eval_every == 0 or step == p.steps:
+                    score = _score(graph, held, p.temperature)
+                    if score > best:
+                        best, best_step, best_state = score, step, [t.detach().clone() for t in tensors]
+        with torch.no_grad():
+            for t, kept in zip(tensors, best_state, strict=True):
+                t.copy_(kept)
         tail = max(1, len(losses) // 10)
-        return {"steps": p.steps, "images": sum(len(x) for x, _ in batches), "loss_first": round(losses[0], 5),
-                "loss_last": round(sum(losses[-tail:]) / tail, 5),
+        return {"steps": p.steps, "images": sum(len(x) for x, _ in train), "held_out": sum(len(x) for x, _ in held),
+                "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-tail:]) / tail, 5),
+                "best_step": best_step, "held_out_agreement_before": start[0], "held_out_agreement_after": best[0],
                 "teacher_agreement_before": before, "teacher_agreement_after": _agreement(graph, batches)}
+
+
+def _split(batches: list[tuple[torch.Tensor, torch.Tensor]],
+           holdout: float) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(training, held-out) batches: the last `holdout` of the images, at least one of each."""
+    x, t = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    if len(x) < 2:
+        raise CompressorError("finetune.distill needs at least 2 calibration images (one is held out to keep the "
+                              "best state); pass more with --calib.")
+    cut = min(len(x) - 1, max(1, round(len(x) * (1 - holdout))))
+    size = len(batches[0][0])
+    return list(zip(x[:cut].split(size), t[:cut].split(size), strict=True)), [(x[cut:], t[cut:])]
+
+
+def _schedule(steps: int, warmup: float) -> Callable[[int], float]:
+    """The LambdaLR factor: linear warm-up over `warmup` of the steps, then a cosine to 0."""
+    ramp = max(1, round(steps * warmup))
+    return lambda s: (s + 1) / ramp if s < ramp else 0.5 * (1 + math.cos(math.pi * (s - ramp) / max(1, steps - ramp)))
+
+
+@torch.no_grad()
+def _score(graph: Graph, held: list[tuple[torch.Tensor, torch.Tensor]], tau: float) -> tuple[float, float]:
+    """(agreement with the teacher, −distillation loss) on the held-out images: higher is better."""
+    x, t = held[0]
+    out = graph.gm(x)
+    return round(100.0 * float((out.argmax(-1) == t.argmax(-1)).float().mean()), 2), -float(distill_loss(out, t, tau))
 
 
 @torch.no_grad()

@@ -49,8 +49,9 @@ class BlockParams(PassParams):
     lam: float = Field(1e-7, ge=0, description="λ of the quadratic term's ridge")
     refit: bool = Field(True, description="least-squares refit of the kept weights with the input Hessian")
     damp: float = Field(0.01, gt=0, description="Hessian dampening for the refit, fraction of its mean diagonal")
-    skip: list[str] = Field(default_factory=lambda: ["head", "patch_embed.*"],
-                            description="module paths (glob) left dense")
+    skip: list[str] = Field(default_factory=list, description="module paths (glob) left dense")
+    keep_ends: bool = Field(True, description="leave the first and the last layer dense (the patch embedding or "
+                                              "stem, and the classifier): small and sensitive")
 
     @field_validator("block")
     @classmethod
@@ -170,7 +171,7 @@ class BlockPrune(Pass):
                 return f"{w.shape[0]}x{w[0].numel()} does not tile into {bh}x{bw} blocks"
             return None
 
-        return prunable_layers(graph, self.params.skip, unfit)
+        return prunable_layers(graph, self.params.skip, unfit, self.params.keep_ends)
 
     def _gradient_proxy(self, graph: Graph, ctx: PassContext, weights: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.params.saliency == "l1" and self.params.allocation == "uniform":

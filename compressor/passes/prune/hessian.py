@@ -8,7 +8,6 @@ pruning masks group along.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -100,21 +99,27 @@ def input_hessians(graph: Graph, ctx: PassContext, targets: list[fx.Node]) -> di
     return found
 
 
-def prunable_layers(graph: Graph, skip: list[str],
-                    unfit: Callable[[torch.Tensor], str | None]) -> tuple[list[fx.Node], list[str]]:
-    """Linear and plain 2-D Conv nodes with constant weights, minus `skip` globs and those `unfit` names a
-    reason for; returns (targets, skipped with their reasons) so reports say why a layer stayed dense."""
+def prunable_layers(graph: Graph, skip: list[str], unfit: Callable[[torch.Tensor], str | None],
+                    keep_ends: bool = True) -> tuple[list[fx.Node], list[str]]:
+    """Linear and plain 2-D Conv nodes with constant weights, minus `skip` globs, the first and last such
+    layer with `keep_ends` (found from the graph, not by name), and those `unfit` names a reason for;
+    returns (targets, skipped with their reasons) so reports say why a layer stayed dense."""
     found, skipped = [], []
-    for node in graph.nodes:
-        if not (is_kind(node, "linear") or is_kind(node, "conv")) or not graph.is_constant(node.args[1]):
-            continue
+    in_skip = graph.matcher(skip, "skip")
+    layers = [n for n in graph.nodes
+              if (is_kind(n, "linear") or is_kind(n, "conv")) and graph.is_constant(n.args[1])]
+    ends = {layers[0], layers[-1]} if keep_ends and layers else set()
+    for node in layers:
         path, w = graph.module_path(node), graph.attr(node.args[1])
+        if node in ends:
+            skipped.append(path)
+            continue
         try:
             patches_of(node, w)
         except ValueError as e:
             skipped.append(f"{path} ({e})")
             continue
-        if any(fnmatch.fnmatch(path, pat) for pat in skip):
+        if in_skip(node):
             skipped.append(path)
         elif (reason := unfit(w)) is not None:
             skipped.append(f"{path} ({reason})")

@@ -39,9 +39,9 @@ class NMParams(PassParams):
     method: Literal["magnitude", "sparsegpt"] = "sparsegpt"
     damp: float = Field(0.01, gt=0, description="Hessian dampening, as a fraction of its mean diagonal")
     block_size: int = Field(128, ge=1, description="columns updated together (sparsegpt)")
-    skip: list[str] = Field(default_factory=lambda: ["head", "patch_embed.*"],
-                            description="module paths (glob) left dense; the classifier and patch "
-                                        "embedding are small and sensitive")
+    skip: list[str] = Field(default_factory=list, description="module paths (glob) left dense")
+    keep_ends: bool = Field(True, description="leave the first and the last layer dense (the patch embedding or "
+                                              "stem, and the classifier): small and sensitive")
 
     @model_validator(mode="after")
     def _n_below_m(self) -> NMParams:
@@ -129,4 +129,4 @@ class NMPrune(Pass):
         def unfit(w: torch.Tensor) -> str | None:
             return f"{w.shape[1]} input channels, not a multiple of {m}" if w.shape[1] % m else None
 
-        return prunable_layers(graph, self.params.skip, unfit)
+        return prunable_layers(graph, self.params.skip, unfit, self.params.keep_ends)

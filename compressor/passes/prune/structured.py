@@ -109,7 +109,11 @@ class StructuredPrune(Pass):
         attns = find_attentions(graph) if p.heads else []
         ffns = find_ffns(graph) if p.channels else []
         if not attns and not ffns:
-            return {"pruned": 0, "note": "no attention head or Linear→GELU→Linear FFN found"}
+            raise CompressorError(
+                "prune.structured found nothing to prune: it removes attention heads (a qkv Linear reshaped to "
+                "[B, N, 3, heads, head_dim]) and FFN channels (Linear → GELU → Linear), and this model has "
+                f"{'neither' if p.heads and p.channels else 'none of the enabled kinds'}. It is for ViTs; for a CNN "
+                "use int8-ptq.")
         before = graph.constant_numel()
         tensors = _unit_tensors(graph, attns, ffns)
         saliency = _saliency(graph, ctx, tensors, attns, ffns)

@@ -44,8 +44,10 @@ from compressor.passes.quant.reconstruct import (
     partition_units,
     qdrop,
     quantizers,
-    rounding_regularizer,
+    rounding_schedule,
     run_nodes,
+    run_unit,
+    train,
 )
 from compressor.passes.quant.repq import RepQ, RepQParams, lower_to_qdq
 
@@ -130,8 +132,8 @@ class APHQ(RepQ):
             return err[0] + p.mlp_alpha * err[1]
 
         steps = p.setting("mlp_iters")
-        first = _train(loss, [(params, p.setting("mlp_lr"), True)], len(x), p.batch_size, steps, ctx,
-                       f"MLP {graph.module_path(fc1)}")
+        first = train(loss, [(params, p.setting("mlp_lr"), True)], len(x), p.batch_size, steps, ctx,
+                      f"MLP {graph.module_path(fc1)}")
         with torch.no_grad():
             final = float(loss(torch.arange(len(x))))
             for t, new in zip(tensors, params, strict=True):
@@ -145,12 +147,12 @@ class APHQ(RepQ):
         q_in, fp_in = images, images
         out = []
         for k, unit in enumerate(units):
-            fp_out = _run_unit(graph, unit, fp_in, fp)
+            fp_out = run_unit(graph, unit, fp_in, fp)
             last = k == len(units) - 1
             aph = not last and self.params.hessian == "aph"
             h = _unit_rms(self._aph(graph, unit.output, images)) if aph else None
             out.append({"unit": unit.name, **self._reconstruct_unit(graph, ctx, unit, q_in, fp_in, fp_out, h, last)})
-            q_in, fp_in = _run_unit(graph, unit, q_in), fp_out
+            q_in, fp_in = run_unit(graph, unit, q_in), fp_out
         return out
 
     def _aph(self, graph: Graph, node: fx.Node, images: torch.Tensor) -> torch.Tensor:
@@ -177,8 +179,8 @@ class APHQ(RepQ):
 
         steps = p.setting("iters")
         groups = [(list(alphas.values()), p.lr_alpha, False), (list(scales.values()), p.lr_scale, True)]
-        first = _train(loss, groups, len(q_in), p.batch_size, steps, ctx, f"reconstructing {unit.name}",
-                       _rounding_schedule(list(alphas.values()), steps, p))
+        schedule = rounding_schedule(list(alphas.values()), steps, p.warmup, p.beta, p.round_lambda)
+        first = train(loss, groups, len(q_in), p.batch_size, steps, ctx, f"reconstructing {unit.name}", schedule)
         return {"loss_start": first, **_commit(graph, alphas, scales)}
 
 
@@ -207,46 +209,6 @@ def _commit(graph: Graph, alphas: dict[fx.Node, torch.Tensor], scales: dict[fx.N
         for n, s in scales.items():
             graph.attr(n.args[1]).copy_(s)
     return {"weights": len(alphas), "activation_scales": len(scales), "roundings_changed_vs_nearest": changed}
-
-
-def _rounding_schedule(alphas: list[torch.Tensor], steps: int, p: APHQParams) -> Any:
-    """λ·Σ(1 − |2h − 1|^β), off for the warm-up, then β annealed linearly from beta[0] to beta[1]."""
-    warm = int(p.warmup * steps)
-
-    def reg(step: int) -> torch.Tensor | float:
-        if step < warm or not alphas:
-            return 0.0
-        beta = p.beta[1] + (p.beta[0] - p.beta[1]) * (1 - (step - warm) / max(1, steps - warm))
-        return p.round_lambda * sum(rounding_regularizer(a, beta) for a in alphas)
-
-    return reg
-
-
-def _train(loss: Any, groups: list[tuple[list[torch.Tensor], float, bool]], n: int, batch: int, steps: int,
-           ctx: PassContext, label: str, regularizer: Any = None) -> float:
-    """Adam over (tensors, lr, cosine-decayed) groups on random minibatches; returns the first loss.
-    With a regularizer the loss is 2·L/L₀ + reg, the paper's normalisation (§4.6)."""
-    groups = [g for g in groups if g[0]]
-    opt = torch.optim.Adam([{"params": ts, "lr": lr} for ts, lr, _ in groups])
-    decay = [(lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if cos else (lambda s: 1.0) for *_, cos in groups]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
-    gen = torch.Generator().manual_seed(ctx.seed)
-    first = None
-    for step in ctx.progress.track(range(steps), label, total=steps):
-        value = loss(torch.randint(n, (min(batch, n),), generator=gen))
-        first = float(value.detach()) if first is None else first
-        total = value if regularizer is None else 2 * value / first + regularizer(step)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        sched.step()
-    return float("nan") if first is None else first
-
-
-@torch.no_grad()
-def _run_unit(graph: Graph, unit: Unit, x: torch.Tensor, overrides: dict | None = None,
-              batch: int = 128) -> torch.Tensor:
-    return torch.cat([run_nodes(graph, unit.nodes, {unit.input: xb}, overrides) for xb in x.split(batch)])
 
 
 @torch.no_grad()

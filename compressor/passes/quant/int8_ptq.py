@@ -26,11 +26,14 @@ behind real arithmetic (GELU, the residual add) keeps its own range: the value i
 `reduce_range` (7-bit weights): on x86 CPUs without VNNI, ONNX Runtime's u8×s8 kernels add pairs
 of products in int16 with saturation (VPMADDUBSW); 255·127·2 overflows, 255·64·2 does not.
 "auto" picks 7 bits when the CPU lacks VNNI, so the simulation equals what the runtime computes.
+Depthwise convs keep 8 bits: runtimes compute them with per-element multiply-adds into int32
+(no pair sums), exact at 8 bits on the same CPU (measured: 1 step at most against 34 for a dense
+conv); on EfficientNet-Lite0 that is 16 of its 49 convs.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +54,9 @@ from compressor.passes.quant.observers import (
 )
 
 aten = torch.ops.aten
+# Activations a Conv's output quantizer moves past without a range of their own.
+SMOOTH_ACTIVATIONS = (aten.hardswish.default, aten.silu.default, aten.gelu.default, aten.sigmoid.default,
+                      aten.hardsigmoid.default, aten.leaky_relu.default, aten.elu.default, aten.mish.default)
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
@@ -67,7 +73,11 @@ class Int8PTQParams(PassParams):
     quantize_conv: bool = True
     quantize_attention: bool = Field(True, description="quantize both operands of q·kᵀ and softmax·v")
     quantize_conv_output: bool = Field(
-        True, description="quantize Conv outputs (after a ReLU that follows) so runtimes fuse an int8 Conv")
+        True, description="quantize Conv outputs (after the activation that follows: a clamp's range bounds its "
+                          "quantizer) so runtimes fuse an int8 Conv")
+    quantize_add: bool = Field(
+        True, description="quantize the output of a residual Add whose inputs are both quantized, so the runtime "
+                          "keeps one integer chain (ONNX Runtime's QLinearAdd)")
     quantize_linear_output: bool = Field(
         False, description="quantize Linear outputs (after a ReLU that follows) so XNNPACK runs an int8 Linear; "
                            "ONNX Runtime's QGemm wants them float")
@@ -98,12 +108,17 @@ class Int8PTQ(Pass):
         decomposed = decompose_sdpa(graph) if p.quantize_attention else 0
         targets = self._targets(graph)
         kinds = [k for k, on in (("conv", p.quantize_conv_output), ("linear", p.quantize_linear_output)) if on]
-        outputs = _gemm_outputs(targets, kinds)
-        views = _views_of(targets, _gemm_outputs(targets, ["linear"])) if p.quantize_linear_output else {}
-        inputs = [(node, [i for i in pos if (node, i) not in views]) for node, pos in targets]
+        limits = _output_points(targets, kinds)
+        padded = _padded_inputs(targets)
+        outputs = list(dict.fromkeys([*limits, *padded.values()]))
+        if p.quantize_add:
+            outputs += _residual_adds(graph, set(outputs))
+        views = _views_of(targets, list(_output_points(targets, ["linear"]))) if p.quantize_linear_output else {}
+        inputs = [(node, [i for i in pos if (node, i) not in views and (node, i) not in padded])
+                  for node, pos in targets]
         observers = insert_observers(graph, inputs, self._make_observer, outputs)
         calibrate(graph, ctx)
-        act_params = self._insert_activation_qdq(graph, observers)
+        act_params = self._insert_activation_qdq(graph, observers, limits)
         act_params += _requantize_views(graph, views)
         layers = [self._quantize_weight(graph, node) for node, _ in targets if _weight_arg(graph, node)]
         graph.drop_unused_attrs()
@@ -122,8 +137,9 @@ class Int8PTQ(Pass):
     def _targets(self, graph: Graph) -> list[tuple[fx.Node, list[int]]]:
         """(node, activation argument positions) for every op this recipe quantizes."""
         p, found = self.params, []
+        skipped = graph.matcher(p.skip, "quant.int8_ptq skip")
         for node in graph.nodes:
-            if any(fnmatch.fnmatch(graph.module_path(node), pat) for pat in p.skip):
+            if skipped(node):
                 continue
             weighted = (p.quantize_linear and is_kind(node, "linear")) or (p.quantize_conv and _forward_conv(node))
             if weighted and graph.is_constant(node.args[1]) and not graph.is_constant(node.args[0]):
@@ -147,13 +163,20 @@ class Int8PTQ(Pass):
             return obs.mse_range(256, symmetric=p.activation_dtype == "int8")
         return obs.range()
 
-    def _insert_activation_qdq(self, graph: Graph, observed: dict[fx.Node, fx.Node]) -> list[dict[str, Any]]:
+    def _insert_activation_qdq(self, graph: Graph, observed: dict[fx.Node, fx.Node],
+                               limits: dict[fx.Node, tuple[float, float] | None]) -> list[dict[str, Any]]:
+        """Q/DQ after each observed tensor; a clamping activation's output stays inside its clamp range,
+        so the grid wastes no levels and the runtime may drop the clamp (ONNX Runtime's ClipQuantFusion
+        removes a Clip when the quantizer's whole range lies within it)."""
         dtype = torch.uint8 if self.params.activation_dtype == "uint8" else torch.int8
         records = []
         for src, obs_node in observed.items():
             obs = observer_of(graph, obs_node)
             lo, hi = self._activation_range(obs)
-            scale, zp = affine_qparams(lo, hi, dtype)
+            clamp = limits.get(src)
+            if clamp is not None:
+                lo, hi = max(lo, clamp[0]), min(hi, clamp[1])
+            scale, zp = affine_qparams(lo, hi, dtype, within=clamp)
             path = graph.module_path(src) or src.name
             s_node = graph.add_buffer(f"{src.name}_act_scale", scale, before=obs_node)
             z_node = graph.add_buffer(f"{src.name}_act_zero_point", zp, before=obs_node)
@@ -166,29 +189,36 @@ class Int8PTQ(Pass):
         return records
 
     @staticmethod
-    def _quantize_bias(graph: Graph, node: fx.Node, bias: fx.Node, w_scale: torch.Tensor, path: str) -> fx.Node:
-        """int32 bias on the accumulator's grid (s_x·s_w), so the runtime adds it inside the integer GEMM."""
+    def _quantize_bias(graph: Graph, node: fx.Node, bias: fx.Node, w_scale: torch.Tensor,
+                       path: str) -> tuple[fx.Node, int]:
+        """int32 bias on the accumulator's grid (s_x·s_w), so the runtime adds it inside the integer GEMM;
+        also how many entries saturated int32 (none after `_bias_safe_scale`)."""
         x_scale = _input_scale(graph, node)
         if x_scale is None or not graph.is_constant(bias):
-            return bias
+            return bias, 0
         b = graph.attr(bias).detach().float()
         scale = (x_scale.float() * w_scale).float()
         info = torch.iinfo(torch.int32)
-        bq = torch.clamp(torch.round(b / scale), info.min, info.max).to(torch.int32)
+        steps = torch.round(b / scale)
+        bq = torch.clamp(steps, info.min, info.max).to(torch.int32)
         nodes = [graph.add_buffer(f"{path}.bias_int32", bq, before=node),
                  graph.add_buffer(f"{path}.bias_scale", scale, before=node),
                  graph.add_buffer(f"{path}.bias_zero_point", torch.zeros_like(bq), before=node)]
-        return graph.call(ops.DEQUANTIZE, (*nodes, 0), before=node, like=node)
+        dq = graph.call(ops.DEQUANTIZE, (*nodes, 0), before=node, like=node)
+        graph.annotate(dq, ops.FLOAT_VALUE, b)
+        return dq, int(((steps < info.min) | (steps > info.max)).sum())
 
     def _quantize_weight(self, graph: Graph, node: fx.Node) -> dict[str, Any]:
         """Replace the float weight by int8 + per-channel DequantizeLinear."""
         w = graph.attr(node.args[1]).detach()
-        qmax = 63 if self.params.reduce_range else 127
+        qmax = 63 if self.params.reduce_range and not _depthwise(graph, node) else 127
         linear = is_kind(node, "linear")
         if linear:
             w = w.t().contiguous()  # [in, out]: MatMul's B layout, one scale per column
         axis = 1 if linear else 0
         scale = symmetric_weight_qparams(w, axis, qmax, mse=self.params.weight_observer == "mse").float()
+        bias = node.args[2] if len(node.args) > 2 else None
+        scale, dead = _bias_safe_scale(graph, node, bias, scale)
         shape = [1] * w.dim()
         shape[axis] = -1
         wq = torch.clamp(torch.round(w / scale.reshape(shape)), -qmax, qmax).to(torch.int8)
@@ -202,9 +232,9 @@ class Int8PTQ(Pass):
         z_node = graph.add_buffer(f"{path}.weight_zero_point", torch.zeros_like(scale, dtype=torch.int8),
                                   before=node)
         w_dq = graph.call(ops.DEQUANTIZE, (wq_node, s_node, z_node, axis), before=node, like=node)
-        bias = node.args[2] if len(node.args) > 2 else None
+        saturated = 0
         if bias is not None:
-            bias = self._quantize_bias(graph, node, bias, scale, path)
+            bias, saturated = self._quantize_bias(graph, node, bias, scale, path)
         if linear:
             x, lead = _flat_input(graph, node)
             out = graph.call(aten.matmul.default, (x, w_dq), before=node, like=node)
@@ -221,26 +251,99 @@ class Int8PTQ(Pass):
             if bias is not None:
                 node.update_arg(2, bias)
         graph.annotate(w_dq, "quant", {"weight_bits": 7 if qmax == 63 else 8, "axis": axis})
+        graph.annotate(w_dq, ops.FLOAT_VALUE, w)
         err = (wq.float() * scale.reshape(shape) - w).pow(2).mean() / w.pow(2).mean().clamp_min(1e-20)
         return {"module": path, "kind": "linear" if linear else "conv", "shape": list(w.shape),
-                "scale_min": float(scale.min()), "scale_max": float(scale.max()),
-                "weight_sqnr_db": round(float(-10 * torch.log10(err.clamp_min(1e-20))), 2)}
+                "weight_bits": 7 if qmax == 63 else 8,
+                "scale_min": float(scale.min()), "scale_max": float(scale.max()), "dead_channels": dead,
+                "bias_saturated": saturated, "weight_sqnr_db": round(float(-10 * torch.log10(err.clamp_min(1e-20))), 2)}
 
 
 
 
-def _gemm_outputs(targets: list[tuple[fx.Node, list[int]]], kinds: list[str]) -> list[fx.Node]:
-    """Where the output of a Conv/Linear of `kinds` is quantized: after its ReLU if one follows directly.
+def _output_points(targets: list[tuple[fx.Node, list[int]]],
+                   kinds: list[str]) -> dict[fx.Node, tuple[float, float] | None]:
+    """Where the output of each Conv/Linear of `kinds` is quantized, with the clamp range that bounds it.
 
-    ONNX Runtime fuses DQ → Conv → Q into an int8 Conv (and drops a ReLU before a Q whose zero
-    point is 0), XNNPACK likewise DQ → conv/linear → [relu] → Q; a GEMM without an output Q stays float.
+    A GEMM's output is quantized after the activation that follows it (TFLite's and ONNX Runtime's
+    rule): a clamp (ReLU, ReLU6, hardtanh, clamp) owns its range, so its output, never the raw
+    pre-activation, gets the quantizer, and the runtime fuses DQ → Conv → [clamp] → Q into one int8
+    Conv. A Conv also moves past a non-clamping activation (hardswish, SiLU, GELU: quantized after it);
+    a Linear does not, because XNNPACK's int8 Linear wants its Q right behind the GEMM (or a ReLU).
     """
-    outs = []
+    outs: dict[fx.Node, tuple[float, float] | None] = {}
     for node, _ in targets:
-        if any(is_kind(node, k) for k in kinds):
-            users = list(node.users)
-            outs.append(users[0] if len(users) == 1 and is_kind(users[0], "relu") else node)
+        if not any(is_kind(node, k) for k in kinds):
+            continue
+        point, clamp = node, None
+        while len(point.users) == 1:
+            user = next(iter(point.users))
+            bounds = _clamp_range(user)
+            if bounds is None and not (is_kind(node, "conv") and user.target in SMOOTH_ACTIVATIONS):
+                break
+            point, clamp = user, bounds
+        outs[point] = clamp
     return outs
+
+
+def _clamp_range(node: fx.Node) -> tuple[float, float] | None:
+    """(lo, hi) of a clamping activation with constant bounds, else None."""
+    if node.op != "call_function" or node.args[0] is None:
+        return None
+    if is_kind(node, "relu"):
+        return 0.0, math.inf
+    if node.target == aten.relu6.default:
+        return 0.0, 6.0
+    if node.target in (aten.hardtanh.default, aten.clamp.default):
+        default = (-1.0, 1.0) if node.target == aten.hardtanh.default else (-math.inf, math.inf)
+        lo, hi = (*node.args[1:3], *default[len(node.args) - 1:])[:2]
+        lo = node.kwargs.get("min_val", node.kwargs.get("min", lo))
+        hi = node.kwargs.get("max_val", node.kwargs.get("max", hi))
+        if all(isinstance(b, (int, float)) or b is None for b in (lo, hi)):
+            return (-math.inf if lo is None else float(lo)), (math.inf if hi is None else float(hi))
+    return None
+
+
+def _padded_inputs(targets: list[tuple[fx.Node, list[int]]]) -> dict[tuple[fx.Node, int], fx.Node]:
+    """(conv, position) → the tensor behind the zero padding it reads: that tensor is quantized instead.
+
+    Zero padding keeps values on their grid (affine grids hold 0 exactly), so with the quantizer in
+    front of the Pad the exported graph reads DQ → Pad → Conv and the Pad folds into the Conv's own
+    pads (onnxscript's fuse_pad_into_conv); behind it, the Pad stays a float op between two int8 Convs.
+    """
+    found = {}
+    for node, positions in targets:
+        for i in positions:
+            src = node.args[i]
+            while isinstance(src, fx.Node) and _is_zero_pad(src):
+                src = src.args[0]
+            if src is not node.args[i]:
+                found[node, i] = src
+    return found
+
+
+def _is_zero_pad(node: fx.Node) -> bool:
+    if node.op != "call_function":
+        return False
+    if node.target == aten.constant_pad_nd.default:
+        return (node.args[2] if len(node.args) > 2 else node.kwargs.get("value", 0)) in (0, 0.0)
+    if node.target == aten.pad.default:
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        return mode == "constant" and value in (None, 0, 0.0)
+    return False
+
+
+def _residual_adds(graph: Graph, quantized: set[fx.Node]) -> list[fx.Node]:
+    """Adds of two tensors that are both quantized at their producer, in graph order (so an Add that
+    reads an earlier such Add counts): their outputs are quantized too, and the runtime adds in int8."""
+    adds = []
+    for node in graph.nodes:
+        if is_kind(node, "add") and len(node.args) == 2 and all(
+                isinstance(a, fx.Node) and a in quantized for a in node.args):
+            quantized.add(node)
+            adds.append(node)
+    return adds
 
 
 def _views_of(targets: list[tuple[fx.Node, list[int]]], outputs: list[fx.Node]) -> dict[tuple[fx.Node, int], fx.Node]:
@@ -326,12 +429,42 @@ def _flat_input(graph: Graph, node: fx.Node) -> tuple[fx.Node, list[int] | None]
     return graph.call(ops.DEQUANTIZE, (q, *x.args[1:]), before=node, like=node), list(val.shape[1:-1])
 
 
+def _bias_safe_scale(graph: Graph, node: fx.Node, bias: fx.Node | None,
+                     scale: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Per-channel weight scales no smaller than the int32 bias needs: s_w ≥ |b| / (s_x · 2³⁰).
+
+    A channel that BatchNorm folding left dead (weights ~1e-15, a real bias) gets a weight scale
+    of ~1e-16, and its bias then needs ~10¹⁵ accumulator steps: int32 saturates and the channel's
+    output changes (28 of EfficientNet-Lite0's 49 convs had such channels). Raising that channel's
+    scale costs nothing (its weights round to 0 either way) and keeps the bias exact. Returns the
+    scales and how many channels were raised.
+    """
+    x_scale = _input_scale(graph, node)
+    if bias is None or x_scale is None or not graph.is_constant(bias):
+        return scale, 0
+    need = graph.attr(bias).detach().abs().float() / (x_scale.float() * 2.0**30)
+    return torch.maximum(scale, need), int((need > scale).sum())
+
+
 def _input_scale(graph: Graph, node: fx.Node) -> torch.Tensor | None:
-    """The activation scale of `node`'s input, if that input is a dequantized tensor."""
+    """The activation scale of `node`'s input, if that input is a dequantized tensor (zero padding between
+    keeps it on the same grid)."""
     x = node.args[0]
+    while isinstance(x, fx.Node) and _is_zero_pad(x):
+        x = x.args[0]
     if isinstance(x, fx.Node) and x.op == "call_function" and x.target is ops.DEQUANTIZE:
         return graph.attr(x.args[1])
     return None
+
+
+def _depthwise(graph: Graph, node: fx.Node) -> bool:
+    """A grouped conv with one input channel per group (depthwise, any channel multiplier)."""
+    if not is_kind(node, "conv"):
+        return False
+    at = 8 if node.target == aten.convolution.default else 6
+    groups = node.args[at] if len(node.args) > at else 1
+    weight = graph.attr(node.args[1])
+    return groups > 1 and weight is not None and weight.shape[1] == 1
 
 
 def _forward_conv(node: fx.Node) -> bool:

@@ -112,8 +112,13 @@ def _with_zero(lo: float, hi: float) -> tuple[float, float]:
     return min(lo, 0.0), max(hi, 0.0)
 
 
-def affine_qparams(lo: float, hi: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point for a [lo, hi] range: asymmetric for uint8, symmetric for int8."""
+def affine_qparams(lo: float, hi: float, dtype: torch.dtype,
+                   within: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point for a [lo, hi] range: asymmetric for uint8, symmetric for int8.
+
+    `within` (a clamp's range) keeps the grid's top inside the clamp after float32 rounding: a
+    runtime drops the clamp only when scale·(qmax − zero point) ≤ its upper bound exactly.
+    """
     lo, hi = _with_zero(lo, hi)
     info = torch.iinfo(dtype)
     if dtype == torch.int8:
@@ -122,9 +127,13 @@ def affine_qparams(lo: float, hi: float, dtype: torch.dtype) -> tuple[torch.Tens
     else:
         scale = (hi - lo) / (info.max - info.min)
         zero_point = info.min - round(lo / scale) if scale > 0 else 0
-    scale = max(scale, 1e-12)
-    return torch.tensor(scale, dtype=torch.float32), torch.tensor(
-        min(max(zero_point, info.min), info.max), dtype=dtype)
+    zero_point = min(max(zero_point, info.min), info.max)
+    s = torch.tensor(max(scale, 1e-12), dtype=torch.float32)
+    if within is not None and math.isfinite(within[1]):
+        top = float(info.max - zero_point)
+        while float(s * top) > within[1]:
+            s = torch.nextafter(s, torch.zeros_like(s))
+    return s, torch.tensor(zero_point, dtype=dtype)
 
 
 def symmetric_weight_qparams(w: torch.Tensor, axis: int, qmax: int, mse: bool = False) -> torch.Tensor:

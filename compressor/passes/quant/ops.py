@@ -105,3 +105,6 @@ def graph_precision(graph: Graph) -> str:
 
 
 PRECISION_KEY = "compressor_precision"
+# Annotation on a weight's or bias's DequantizeLinear: the float tensor it stands for (in the DQ's
+# output layout), for passes that refine the rounding afterwards (bias correction, AdaRound).
+FLOAT_VALUE = "float_value"

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from torch import fx
 
 from compressor.errors import CompressorError
 from compressor.graph.graph import Graph, is_kind
+from compressor.passes.base import PassContext
+from compressor.passes.quant import ops
 
 Override = Callable[..., torch.Tensor]
 
@@ -56,7 +59,7 @@ def _unit_key(nodes: Iterable[fx.Node]) -> str | None:
 
 def _segments(graph: Graph) -> list[list[fx.Node]]:
     """Split the computed nodes at every point where a single value is live."""
-    order = [n for n in graph.nodes if n.op == "placeholder" or (n.op == "call_function" and not _is_symbolic(n))]
+    order = [n for n in graph.nodes if n.op == "placeholder" or (n.op == "call_function" and not is_symbolic(n))]
     if sum(n.op == "placeholder" for n in order) != 1:
         raise CompressorError("block reconstruction needs a graph with exactly one input")
     pos = {n: i for i, n in enumerate(order)}
@@ -71,7 +74,7 @@ def _segments(graph: Graph) -> list[list[fx.Node]]:
     return [order[a:b + 1] for a, b in itertools.pairwise(cuts)]  # each starts at its input
 
 
-def _is_symbolic(n: fx.Node) -> bool:
+def is_symbolic(n: fx.Node) -> bool:
     """A size read off a dynamic dimension (the batch), not a tensor: `run_nodes` supplies it."""
     return isinstance(n.meta.get("val"), torch.SymInt)
 
@@ -109,7 +112,7 @@ def run_nodes(graph: Graph, nodes: Iterable[fx.Node], env: dict[fx.Node, torch.T
     def value(a: fx.Node) -> Any:
         if a in env:
             return env[a]
-        if _is_symbolic(a):  # captures make only the batch dynamic, so every symbolic size is it
+        if is_symbolic(a):  # captures make only the batch dynamic, so every symbolic size is it
             return batch
         t = graph.attr(a)
         if t is None:
@@ -132,13 +135,21 @@ def quantizers(graph: Graph, nodes: Iterable[fx.Node] | None = None) -> dict[fx.
 
 
 def float_overrides(graph: Graph) -> dict[fx.Node, Override]:
-    """Every quantizer replaced by the identity: the float model (exact, since §1.5 is)."""
-    return {n: (lambda x, *_: x) for n in quantizers(graph)}
+    """The float model: every quantizer an identity (exact for RepQ's, since §1.5 is), and every quantized
+    constant the float value `quant.int8_ptq` recorded on its DequantizeLinear."""
+    floats: dict[fx.Node, Override] = {n: (lambda x, *_: x) for n in quantizers(graph)}
+    for node in graph.nodes:
+        if node.target is ops.QUANTIZE:
+            floats[node] = lambda x, *_: x
+        elif node.target is ops.DEQUANTIZE:
+            value = graph.annotation(node, ops.FLOAT_VALUE)
+            floats[node] = (lambda *_, v=value: v) if value is not None else (lambda x, *_: x)
+    return floats
 
 
 def full_run(graph: Graph, x: torch.Tensor, overrides: dict[fx.Node, Override] | None = None,
              dtype: torch.dtype | None = None) -> dict[fx.Node, torch.Tensor]:
-    order = [n for n in graph.nodes if n.op == "call_function" and not _is_symbolic(n)]
+    order = [n for n in graph.nodes if n.op == "call_function" and not is_symbolic(n)]
     placeholder = next(n for n in graph.nodes if n.op == "placeholder")
     env = {placeholder: x if dtype is None else x.to(dtype)}
     run_nodes(graph, order, env, overrides, dtype)
@@ -174,6 +185,49 @@ def adaround_weight(w: torch.Tensor, scale: torch.Tensor, alpha: torch.Tensor) -
 def rounding_regularizer(alpha: torch.Tensor, beta: float) -> torch.Tensor:
     """Σ 1 − |2h(α) − 1|^β: pushes every h(α) to 0 or 1 as β anneals down."""
     return (1 - (2 * rectified_sigmoid(alpha) - 1).abs().pow(beta)).sum()
+
+
+def rounding_schedule(alphas: list[torch.Tensor], steps: int, warmup: float, beta: tuple[float, float],
+                      lam: float) -> Callable[[int], torch.Tensor | float]:
+    """λ·Σ(1 − |2h − 1|^β), off for the warm-up fraction, then β annealed linearly from beta[0] to beta[1]."""
+    warm = int(warmup * steps)
+
+    def reg(step: int) -> torch.Tensor | float:
+        if step < warm or not alphas:
+            return 0.0
+        b = beta[1] + (beta[0] - beta[1]) * (1 - (step - warm) / max(1, steps - warm))
+        return lam * sum(rounding_regularizer(a, b) for a in alphas)
+
+    return reg
+
+
+def train(loss: Callable[[torch.Tensor], torch.Tensor], groups: list[tuple[list[torch.Tensor], float, bool]], n: int,
+          batch: int, steps: int, ctx: PassContext, label: str,
+          regularizer: Callable[[int], torch.Tensor | float] | None = None) -> float:
+    """Adam over (tensors, lr, cosine-decayed) groups on random minibatches of `n` items; returns the first
+    loss. With a regularizer the loss is 2·L/L₀ + reg, APHQ's normalisation (§4.6)."""
+    groups = [g for g in groups if g[0]]
+    opt = torch.optim.Adam([{"params": ts, "lr": lr} for ts, lr, _ in groups])
+    decay = [(lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))) if cos else (lambda s: 1.0) for *_, cos in groups]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
+    gen = torch.Generator().manual_seed(ctx.seed)
+    first = None
+    for step in ctx.progress.track(range(steps), label, total=steps):
+        value = loss(torch.randint(n, (min(batch, n),), generator=gen))
+        first = float(value.detach()) if first is None else first
+        total = value if regularizer is None else 2 * value / first + regularizer(step)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        sched.step()
+    return float("nan") if first is None else first
+
+
+@torch.no_grad()
+def run_unit(graph: Graph, unit: Unit, x: torch.Tensor, overrides: dict[fx.Node, Override] | None = None,
+             batch: int = 128) -> torch.Tensor:
+    """The unit's output for every row of `x`, in batches."""
+    return torch.cat([run_nodes(graph, unit.nodes, {unit.input: xb}, overrides) for xb in x.split(batch)])
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ import torch
 from pydantic import Field
 from torch import fx, nn
 
+from compressor.errors import CompressorError
 from compressor.graph.graph import Graph, is_kind, layer_norm_args
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.calibrate import calibrate, insert_observers, observer_of, remove_observer
@@ -97,6 +98,10 @@ class RepQ(Pass):
     def quantize(self, graph: Graph, ctx: PassContext) -> dict[str, Any]:
         """Calibrate and insert every quantizer in its trainable float form (see the module docstring)."""
         p = self.params
+        if not graph.find("layer_norm") and not graph.find("softmax"):
+            raise CompressorError(f"{self.name} is a ViT method (RepQ-ViT's scale reparameterization of post-LayerNorm "
+                                  "activations and log√2 post-softmax quantizers), and this model has neither a "
+                                  "LayerNorm nor a softmax. For a CNN use int8-ptq.")
         sites = _activation_sites(graph)
         acts = self._collect(graph, ctx, sites)
         post_ln = {lin: ln for ln, lin in graph.match("layer_norm", "linear")} if p.post_ln == "reparam" else {}

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import fx, nn
 
+from compressor.errors import CompressorError
 from compressor.graph.graph import Graph, layer_norm_args
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.calibrate import calibrate, insert_observers, observer_of, remove_observer
@@ -98,7 +99,9 @@ class ChannelIdle(Pass):
     def apply(self, graph: Graph, ctx: PassContext) -> dict[str, Any]:
         ffns = find_plain_ffns(graph)
         if not ffns:
-            return {"converted": 0, "note": "no x + fc2(GELU(fc1(LayerNorm(x)))) FFN found; graph unchanged"}
+            raise CompressorError("reparam.channel_idle converts pre-LayerNorm ViT FFNs, "
+                                  "x + fc2(GELU(fc1(LayerNorm(x)))), and this model has none; it is for ViTs (for a "
+                                  "CNN use int8-ptq).")
         ln_fits, lines = self._calibrate(graph, ctx, ffns)
         records = []
         for ffn, (xx, xy), sums in zip(ffns, ln_fits, lines, strict=True):

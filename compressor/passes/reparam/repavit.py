@@ -34,6 +34,7 @@ import torch
 from pydantic import Field
 from torch import fx
 
+from compressor.errors import CompressorError
 from compressor.graph.graph import Graph, is_kind
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.reparam.fold_bn import bn_params
@@ -90,9 +91,10 @@ class RePaViT(Pass):
                 continue
             ffns.append((ffn, fold(graph, ffn, self.params.merge_shortcut)))
         if not ffns:
-            return {"folded": 0, "skipped": skipped,
-                    "note": "no foldable channel-idle FFN (BatchNorm → Linear → partial activation → BatchNorm "
-                            "→ Linear); graph unchanged"}
+            found = (f"every one is too narrow to gain from folding: {'; '.join(skipped)}" if skipped else
+                     "this model has none (a plain ViT's FFNs are converted by the repavit-convert recipe)")
+            raise CompressorError("reparam.repavit folds RePaViT channel-idle FFNs (BatchNorm → Linear → partial "
+                                  f"activation → BatchNorm → Linear), and {found}.")
         graph.drop_unused_attrs()
         graph.recompile()
         records = [{"module": path, "channels": c, "hidden": d, "active": a, "residual": ffn.residual,

@@ -19,7 +19,6 @@ The swapped graph runs in PyTorch (eager, or a `torch.export` program that impor
 
 from __future__ import annotations
 
-import fnmatch
 import statistics
 import time
 from collections.abc import Callable
@@ -132,7 +131,7 @@ class SparseKernels(Pass):
             return {**entry, "why": "weight is computed at run time (e.g. quantized), not a constant"}, None
         entry["shape"] = list(w.shape)
         note = graph.annotation(node, "sparsity") or {}
-        if any(fnmatch.fnmatch(path, pat) for pat in p.skip):
+        if graph.matcher(p.skip, "sparse.kernels skip")(node):
             return {**entry, "why": "skipped by the skip list"}, None
         if note.get("pattern") not in (None, "block"):
             return {**entry, "why": f"{note['pattern']} sparsity has no zero blocks to skip"}, None

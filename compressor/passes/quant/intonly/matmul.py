@@ -4,12 +4,15 @@ Values travel as int64 in the PyTorch graph (so the reference never overflows); 
 translation casts them to the 8-bit types MatMulInteger takes, which is exact because every
 producer clips to that range first.
 
-Every operand enters MatMulInteger as uint8, a signed one shifted by 128 with zero point 128
-(the same product). ONNX Runtime's uint8 × int8 GEMM multiplies with `vpmaddubsw` on CPUs
-without VNNI (AVX2, AVX-512F), which adds pairs of products into int16 with saturation: pairs
-beyond 32767 came out wrong (30618 off on one random 64-deep row; the integer ViT at 224 px
-disagreed with its reference). uint8 × uint8 is exact there (`vpmaddwd` on 16-bit values) and
-measured as fast; int8 × int8 is exact but has no fast kernel (3-4x slower).
+Activations enter MatMulInteger as uint8, a signed one shifted by 128 with zero point 128 (the
+same product). B, the second operand, depends on the CPU the artifact is exported on:
+- with VNNI (or AMX) it stays int8: ONNX Runtime's u8 × s8 GEMM is exact there and its fast
+  path (ViT-S: 19 ms against 369 ms for s8 × s8).
+- without, it is shifted to uint8 too. The u8 × s8 GEMM multiplies with `vpmaddubsw`, which adds
+  pairs of products into int16 with saturation: pairs beyond 32767 came out wrong (30618 off on
+  one random 64-deep row; the integer ViT at 224 px disagreed with its reference). u8 × u8 is
+  exact (`vpmaddwd` on 16-bit values); s8 × s8 is exact too but slower on this AVX2 Zen 3
+  (`benches/int_only.py --gemm-operands`).
 
 Post-softmax probabilities are unsigned: 0..128 from an 8-bit Shiftmax, 0..2^15 from a 16-bit
 one ("wide"). A wide A is split into byte planes, A = 256·hi + lo with hi in 0..128 and lo in
@@ -25,7 +28,7 @@ from onnxscript import opset18 as op
 
 from compressor.passes.quant.intonly.requant import INT64
 
-UINT8 = 2
+INT8, UINT8 = 3, 2
 
 
 @torch.library.custom_op("compressor::int_linear", mutates_args=())
@@ -55,9 +58,19 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor
 
 def _int_linear_onnx(x, weight, bias):
     a, a_zero = _as_uint8(x)
-    w, w_zero = _as_uint8(op.Transpose(weight, perm=[1, 0]))
+    w, w_zero = _b_operand(op.Transpose(weight, perm=[1, 0]))
     acc = op.MatMulInteger(a, w, a_zero, w_zero)
     return op.Add(op.Cast(acc, to=INT64), op.Cast(bias, to=INT64))
+
+
+def _b_operand(b):
+    """MatMulInteger's B and b_zero_point: int8 where ONNX Runtime's u8 × s8 GEMM is exact, else
+    uint8 + 128 (module docstring). Decided when exporting, like int8_ptq's `reduce_range: auto`."""
+    from compressor.passes.quant.int8_ptq import cpu_has_vnni
+
+    if cpu_has_vnni():
+        return op.Cast(b, to=INT8), None
+    return _as_uint8(b)
 
 
 def _as_uint8(x):
@@ -81,7 +94,7 @@ def _(a: torch.Tensor, b: torch.Tensor, a_unsigned: bool, a_wide: bool) -> torch
 
 
 def _int_matmul_onnx(a, b, a_unsigned: bool, a_wide: bool):
-    b, b_zero = _as_uint8(b)
+    b, b_zero = _b_operand(b)
     if a_wide:
         hi = op.Div(a, op.Constant(value_int=256))  # a ≥ 0: truncation is floor
         lo = op.Sub(a, op.Mul(hi, op.Constant(value_int=256)))
