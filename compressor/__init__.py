@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, ToolchainError
 
 if TYPE_CHECKING:
     from compressor.api import CompressResult, compress
 
 __version__ = "0.1.0"
-__all__ = ["CompressResult", "CompressorError", "__version__", "compress"]
+__all__ = ["CompressResult", "CompressorError", "ToolchainError", "__version__", "compress"]
 
 
 def __getattr__(name: str) -> Any:

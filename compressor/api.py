@@ -1,27 +1,27 @@
 """`compress()`: load → capture → passes → export → evaluate on artifacts → report → gate.
 
 The CLI is a thin shell over this function, so pipelines get the same behaviour from Python.
-All files are written to a staging folder first and moved into `out_dir` only once everything
-succeeded, so a failure never leaves a half-written result behind.
+All files are written to a staging folder inside the locked `out_dir` and replace its previous
+results as one unit only once everything succeeded (`compressor.io.publish`), so a failure, a
+Ctrl-C or a SIGTERM never leaves a half-written or mixed result behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from compressor.data import DataSource, Preprocess, fingerprint, from_iterable, open_source
-from compressor.errors import CompressorError
+from compressor.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_TOOLCHAIN, CompressorError, ToolchainError, first_line
 from compressor.eval import (
     Outputs,
     agreement,
@@ -38,6 +38,7 @@ from compressor.eval.metrics import Runner
 from compressor.graph import Graph, capture
 from compressor.graph.capture import program_batch
 from compressor.io import LoadedModel, load_model, load_module
+from compressor.io.publish import OutputFolder, disk_error
 from compressor.passes import PassContext
 from compressor.passes.quant.ops import graph_precision
 from compressor.progress import Progress
@@ -50,6 +51,18 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 EVAL_BATCH = 64
 
 
+# compress() arguments that override a recipe field: (the field, the CLI flag), validated together
+OVERRIDES: dict[str, tuple[tuple[str, ...], str]] = {
+    "export": (("export",), "--export"),
+    "optional_export": (("optional_export",), "--optional-export"),
+    "max_drop": (("gate", "max_drop"), "--max-drop"),
+    "gate_on": (("gate", "gate_on"), "--gate-on"),
+    "calib_size": (("calibration", "max_images"), "--calib-size"),
+    "batch_sizes": (("benchmark", "batch_sizes"), "--batch-sizes"),
+    "threads": (("benchmark", "threads"), "--threads"),
+}
+
+
 @dataclass
 class CompressResult:
     """What a run produced: the report (as written to report.json), artifacts and the verdict."""
@@ -59,6 +72,8 @@ class CompressResult:
     out_dir: Path
     graph: Graph
     files: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # target: why it failed to export or run
+    optional: list[str] = field(default_factory=list)
 
     @property
     def passed_gate(self) -> bool:
@@ -69,6 +84,13 @@ class CompressResult:
         """The worst measured target's drop; None when no artifact could run on this machine."""
         drop = self.report["accuracy_drop"]
         return None if drop is None else float(drop)
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's: 3 if a target the user did not mark optional failed, else 1 if the gate failed."""
+        if any(t not in self.optional for t in self.failed):
+            return EXIT_TOOLCHAIN
+        return EXIT_OK if self.passed_gate else EXIT_GATE_FAILED
 
 
 def compress(
@@ -90,101 +112,178 @@ def compress(
     fast: bool = False,
     gate_on: GateOn | None = None,
     sensitivity: bool = False,
+    optional_export: Sequence[str] | None = None,
 ) -> CompressResult:
     """Compress `model` with `recipe`, export, measure every artifact in its runtime and gate.
 
-    `model` is a file (checkpoint, state_dict with `arch`, TorchScript, .pt2, or a pickled module
-    with `trust_pickle`) or an `nn.Module`. `calib`/`eval_data` are folders, array files, or
+    `model` is a file (checkpoint, state_dict with `arch`, .pt2; TorchScript or a pickled module
+    only with `trust_pickle`) or an `nn.Module`. `calib`/`eval_data` are folders, array files, or
     iterables of tensors / (tensor, label) batches; bundled checkpoints find their own data.
     `fast` switches passes with a CPU preset (reconstruction) to it. `gate_on="lower-bound"` fails
     the gate only when the drop's 95 % interval lies wholly above `max_drop` (a significant drop).
     `sensitivity` adds the per-layer table (SQNR, accuracy with only that layer quantized).
+    A target that fails to export or run is reported as failed and the others still publish;
+    `exit_code` is 3 then, unless the target is in `optional_export`.
+
+    Bad input raises `CompressorError` before anything is written; a crash of a pass, exporter or
+    runtime outside a target raises `ToolchainError`. Either way `out_dir` is left as it was.
     """
-    if calib_size is not None and calib_size < 1:
-        raise CompressorError(f"calib_size {calib_size}: use at least 1 calibration image (None uses all).")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     bar = progress if isinstance(progress, Progress) else Progress(enabled=progress)
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    rec = rec.fast() if fast else rec
-    targets = list(export or rec.export)
-    exporters = {t: get_exporter(t, **rec.export_options.get(t, {})) for t in targets}
+    rec = _with_arguments(rec.fast() if fast else rec, export=export, optional_export=optional_export,
+                          max_drop=max_drop, gate_on=gate_on, calib_size=calib_size, batch_sizes=batch_sizes,
+                          threads=threads)
+    exporters = {t: get_exporter(t, **rec.export_options.get(t, {})) for t in rec.export}
     out = Path(out_dir)
-    staging = _staging_dir(out)
-    try:
-        loaded = load_model(model, arch, trust_pickle) if not isinstance(model, nn.Module) else load_module(model)
-        spec = _preprocess_spec(loaded, rec, preprocess)
-        calib_src = _data(calib, spec, "calibration", _bundled(loaded, "calib"))
-        bundled_test = _bundled(loaded, "test")
-        eval_src = calib_src if eval_data is None and bundled_test is None else _data(
-            eval_data, spec, "evaluation", bundled_test)
-        shape = _input_shape(loaded, calib_src, input_shape)
-        example = _check_runs(loaded, shape)
+    with OutputFolder(out) as folder:
+        with _stage("reading the inputs", out):
+            run = _read_inputs(model, arch, trust_pickle, rec, preprocess, calib, eval_data, input_shape)
+            rec = rec.model_copy(update={"preprocess": run.spec})  # the resolved recipe records what ran
+        with _stage("capturing the model with torch.export", out):
+            graph = capture(run.loaded.module, run.example)
+            baseline_graph = graph.clone()
+        fixed = graph.fixed_batch
+        ctx = PassContext(calib=run.calib, calib_batch_size=fixed or rec.calibration.batch_size,
+                          calib_limit=rec.calibration.max_images, fixed_batch=fixed is not None,
+                          teacher=baseline_graph, progress=bar)
+        with _stage("checking the data on the float model", out):  # before any long work: bad data is exit 2
+            ref = collect(torch_runner(run.loaded.runnable()), run.eval, fixed or EVAL_BATCH, bar, "float model",
+                          fixed_batch=fixed is not None)
+            _check_reference(ref, run.loaded, run.eval)
+            data = {"calibration": _data_info(run.calib, ctx), "evaluation": {
+                "source": run.eval.description, "count": len(run.eval), "labels": run.eval.has_labels}}
         timings["load_s"] = time.perf_counter() - start
 
         t = time.perf_counter()
-        graph = capture(loaded.module, example)
-        baseline_graph = graph.clone()
-        fixed = graph.fixed_batch
-        ctx = PassContext(calib=calib_src, calib_batch_size=fixed or rec.calibration.batch_size,
-                          calib_limit=calib_size or rec.calibration.max_images, fixed_batch=fixed is not None,
-                          teacher=baseline_graph, progress=bar)
         for entry in rec.passes:
             bar.info(f"pass {entry.name}")
-            entry.build().run(graph, ctx)
+            with _stage(f"pass {entry.name}", out):
+                entry.build().run(graph, ctx)
         timings["passes_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        precision = graph_precision(graph)
-        baselines, artifacts = {}, {}
-        for name, ex in exporters.items():  # each target's own float artifact: speedups compare like with like
-            bar.info(f"export {name}")
-            baselines[name] = ex.for_baseline().export(baseline_graph, staging / f"baseline{ex.suffix}", "fp32")
-            artifacts[name] = ex.export(graph, staging / f"model{ex.suffix}", precision)
+        baselines, artifacts, failed = _export_all(exporters, baseline_graph, graph, folder.staging, out, bar)
         timings["export_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        bench = rec.benchmark.model_copy(update={k: v for k, v in
-                                                 (("batch_sizes", batch_sizes), ("threads", threads)) if v})
         if fixed is not None:  # the program only runs at its exported batch size
-            bench = bench.model_copy(update={"batch_sizes": [fixed]})
-        evaluation = _evaluate(loaded, graph, baselines, artifacts, eval_src, rec, bench, shape, bar)
+            rec = rec.model_copy(update={"benchmark": rec.benchmark.model_copy(update={"batch_sizes": [fixed]})})
+        with _stage("evaluating", out):
+            evaluation = _evaluate(graph, ref, baselines, artifacts, failed, run.eval, rec, run.shape, bar)
         if sensitivity:
-            evaluation["sensitivity"] = _sensitivity(baseline_graph, graph, eval_src, evaluation["metric"], bar)
-        evaluation["gate"] = rec.gate.model_copy(update={k: v for k, v in (("max_drop", max_drop),
-                                                                           ("gate_on", gate_on)) if v is not None})
+            with _stage("the per-layer sensitivity analysis", out):
+                evaluation["sensitivity"] = _sensitivity(baseline_graph, graph, run.eval, evaluation["metric"], bar)
         timings["evaluate_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - start
 
-        report = write_report(
-            staging, rec, ctx.log, loaded, shape, evaluation, baselines, artifacts, timings,
-            data={"calibration": _data_info(calib_src, ctx.calibration_size(), ctx),
-                  "evaluation": {"source": eval_src.description, "count": len(eval_src),
-                                 "labels": eval_src.has_labels}})
-        files = _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with _stage("writing the report", out):
+            report = write_report(folder.staging, rec, ctx.log, run.loaded, run.shape, evaluation, baselines,
+                                  artifacts, timings, data, files=folder.staged())
+        files = folder.publish(_artifact_names(), _inputs(model, calib, eval_data))
     for a in [*baselines.values(), *artifacts.values()]:
         a.path = out / a.path.name
-    return CompressResult(report, artifacts, out, graph, files)
+    return CompressResult(report, artifacts, out, graph, files, failed, list(rec.optional_export))
+
+
+@dataclass
+class _Inputs:
+    loaded: LoadedModel
+    spec: Preprocess
+    calib: DataSource
+    eval: DataSource
+    shape: tuple[int, ...]
+    example: torch.Tensor
+
+
+def _read_inputs(model: str | Path | nn.Module, arch: str | None, trust_pickle: bool, rec: Recipe,
+                 preprocess: Preprocess | None, calib: Any, eval_data: Any,
+                 input_shape: Sequence[int] | None) -> _Inputs:
+    """The model and data, checked against each other: shapes agree and the model runs."""
+    loaded = load_model(model, arch, trust_pickle) if not isinstance(model, nn.Module) else load_module(model)
+    spec = _preprocess_spec(loaded, rec, preprocess)
+    calib_src = _data(calib, spec, "calibration", _bundled(loaded, "calib"))
+    bundled_test = _bundled(loaded, "test")
+    eval_src = calib_src if eval_data is None and bundled_test is None else _data(
+        eval_data, spec, "evaluation", bundled_test)
+    shape = _input_shape(loaded, calib_src, input_shape)
+    _check_eval_shape(eval_src, calib_src, shape)
+    return _Inputs(loaded, spec, calib_src, eval_src, shape, _check_runs(loaded, shape))
+
+
+def _with_arguments(rec: Recipe, **given: Any) -> Recipe:
+    """The recipe with compress()'s (the command line's) settings, through the recipe's validation,
+    so `--max-drop nan` fails like `max_drop: nan` in YAML, before any work."""
+    values = {OVERRIDES[k][0]: list(v) if isinstance(v, (list, tuple)) else v
+              for k, v in given.items() if v is not None}
+    labels = {OVERRIDES[k][0]: OVERRIDES[k][1] for k in given}
+    return rec.with_overrides(values, labels) if values else rec
+
+
+@contextlib.contextmanager
+def _stage(what: str, out: Path) -> Iterator[None]:
+    """Name the stage a crash came from (exit 3); bad input, Ctrl-C and a full disk pass through."""
+    try:
+        yield
+    except (CompressorError, ToolchainError):
+        raise
+    except OSError as e:
+        raise disk_error(e, out) or ToolchainError(f"{what} failed: {type(e).__name__}: {first_line(e)}") from e
+    except Exception as e:
+        raise ToolchainError(f"{what} failed: {type(e).__name__}: {first_line(e)}") from e
+
+
+def _artifact_names() -> set[str]:
+    from exporters import EXPORTERS
+
+    return {f"{stem}{ex.suffix}" for ex in EXPORTERS.values() for stem in ("model", "baseline")}
+
+
+def _inputs(*given: Any) -> set[Path]:
+    return {Path(g) for g in given if isinstance(g, (str, Path))}
+
+
+# -- exporting -------------------------------------------------------------------------------------
+class FailedArtifact(Artifact):
+    """A target that did not export: reported with `status: failed: <reason>`, never run."""
+
+    def runner(self, threads: int) -> Runner:
+        raise RuntimeError(self.meta["failed"])
+
+
+def _export_all(exporters: dict[str, Any], baseline_graph: Graph, graph: Graph, staging: Path, out: Path,
+                bar: Progress) -> tuple[dict[str, Artifact], dict[str, Artifact], dict[str, str]]:
+    """Each target's float and compressed artifact; a target whose exporter crashes is recorded as
+    failed and the others carry on (their results still publish)."""
+    precision = graph_precision(graph)
+    baselines: dict[str, Artifact] = {}
+    artifacts: dict[str, Artifact] = {}
+    failed: dict[str, str] = {}
+    for name, ex in exporters.items():  # each target's own float artifact: speedups compare like with like
+        bar.info(f"export {name}")
+        for role, exporter, g, file, prec in (("baseline", ex.for_baseline(), baseline_graph, "baseline", "fp32"),
+                                             ("model", ex, graph, "model", precision)):
+            target = baselines if role == "baseline" else artifacts
+            try:
+                target[name] = exporter.export(g, staging / f"{file}{ex.suffix}", prec)
+            except Exception as e:
+                if isinstance(e, OSError) and disk_error(e, out):
+                    raise disk_error(e, out) from e
+                failed[name] = f"export of the {'float ' if role == 'baseline' else ''}model: {_reason(e)}"
+                log.debug("exporting %s failed", name, exc_info=True)
+                for role_map, stem, prec_ in ((baselines, "baseline", "fp32"), (artifacts, "model", precision)):
+                    role_map.setdefault(name, FailedArtifact(name, staging / f"{stem}{ex.suffix}", prec_,
+                                                             {"failed": failed[name]}))
+                break
+    return baselines, artifacts, failed
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {first_line(e, 200)}"
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-def _staging_dir(out: Path) -> Path:
-    """A private folder beside `out` (same file system, so publishing is a rename)."""
-    parent = out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        if out.exists() and not out.is_dir():
-            raise CompressorError(f"output path {out} exists and is not a folder; choose another -o.")
-        if out.exists() and not os.access(out, os.W_OK):
-            raise PermissionError(out)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    except OSError as e:
-        raise CompressorError(f"output folder {out} is not writable ({e.strerror or 'permission denied'}); "
-                              "choose another folder with -o.") from e
-
-
 def _preprocess_spec(loaded: LoadedModel, rec: Recipe, override: Preprocess | None) -> Preprocess:
     """Checkpoint < recipe < caller, field by field."""
     spec = loaded.preprocess or Preprocess()
@@ -244,6 +343,17 @@ def _input_shape(loaded: LoadedModel, calib: DataSource, given: Sequence[int] | 
     return (1, *sample)
 
 
+def _check_eval_shape(eval_src: DataSource, calib_src: DataSource, shape: tuple[int, ...]) -> None:
+    if eval_src is calib_src:
+        return
+    sample = tuple(eval_src.sample_shape())
+    if sample != tuple(shape[1:]):
+        raise CompressorError(
+            f"evaluation data {eval_src.description} gives inputs of shape {'x'.join(map(str, sample))} but the model "
+            f"takes {'x'.join(map(str, shape[1:]))} (as the calibration data does). Use evaluation images of the "
+            "model's input size, or set a preprocessing size (--size H,W) that resizes both.")
+
+
 def _check_runs(loaded: LoadedModel, shape: tuple[int, ...]) -> torch.Tensor:
     """Run the model once; the example has batch 2 because torch.export specializes a batch of 1,
     or the batch a static-batch program was exported with."""
@@ -265,32 +375,51 @@ def _check_runs(loaded: LoadedModel, shape: tuple[int, ...]) -> torch.Tensor:
     return example
 
 
-def _data_info(src: DataSource, used: int, ctx: PassContext) -> dict[str, Any]:
+def _data_info(src: DataSource, ctx: PassContext) -> dict[str, Any]:
+    """What calibrates the model, with the SHA-256 of the tensors; reading them all here also
+    finds an unreadable image or a NaN before the passes start."""
+    used = ctx.calibration_size()
     return {"source": src.description, "count": used, "available": len(src),
             "sha256": fingerprint(src, ctx.calib_batch_size, used)}
 
 
 # -- evaluation ------------------------------------------------------------------------------------
-def _evaluate(loaded: LoadedModel, graph: Graph, baselines: dict[str, Artifact], artifacts: dict[str, Artifact],
-              data: DataSource, rec: Recipe, bench: BenchSpec, shape: tuple[int, ...],
+def _evaluate(graph: Graph, ref: Outputs, baselines: dict[str, Artifact], artifacts: dict[str, Artifact],
+              failed: dict[str, str], data: DataSource, rec: Recipe, shape: tuple[int, ...],
               bar: Progress) -> dict[str, Any]:
-    """Accuracy of the float model, the simulation and, per target, of the float and the compressed
-    artifact run in that target's runtime; then their latencies, interleaved in one timing loop."""
-    batch, fixed = graph.fixed_batch or EVAL_BATCH, graph.fixed_batch is not None
-    ref = collect(torch_runner(loaded.runnable()), data, batch, bar, "float model", fixed_batch=fixed)
+    """Accuracy of the simulation and, per target, of the float and the compressed artifact run in
+    that target's runtime (against `ref`, the float model's outputs); then their latencies,
+    interleaved in one timing loop. A target whose artifact does not run (or returns NaN) is
+    recorded in `failed`."""
+    batch, fixed, bench = graph.fixed_batch or EVAL_BATCH, graph.fixed_batch is not None, rec.benchmark
     metric = rec.gate.metric if (rec.gate.metric != "top1" or data.has_labels) else "agreement"
     sim_out = collect(torch_runner(graph.gm), data, batch, bar, "simulation", fixed_batch=fixed)
     runners: dict[str, Runner] = {}
     targets: dict[str, dict[str, Any]] = {}
     for name in artifacts:
-        measured, outs = {}, {}
+        measured: dict[str, dict[str, Any]] = {}
+        outs: dict[str, Outputs] = {}
         for role, art in (("baseline", baselines[name]), ("artifact", artifacts[name])):
+            if name in failed:
+                measured[role] = {"failed": failed[name]}
+                continue
             reason = art.not_measured()
             if reason is not None:
                 measured[role] = {"not_measured": reason}
                 continue
-            run = runners[f"{name}/{role}"] = art.runner(bench.threads)
-            outs[role] = collect(run, data, batch, bar, art.path.name, fixed_batch=fixed)
+            try:
+                run = art.runner(bench.threads)
+                outs[role] = _finite(collect(run, data, batch, bar, art.path.name, fixed_batch=fixed))
+            except (KeyboardInterrupt, CompressorError):
+                raise
+            except Exception as e:
+                failed[name] = f"running {art.path.name}: {_reason(e)}"
+                log.debug("running %s failed", art.path.name, exc_info=True)
+                measured = {r: {"failed": failed[name]} for r in ("baseline", "artifact")}
+                outs.clear()
+                runners.pop(f"{name}/baseline", None)
+                break
+            runners[f"{name}/{role}"] = run
             measured[role] = _measurement(outs[role], ref, metric)
         if "artifact" in outs:
             out = outs["artifact"]
@@ -300,13 +429,61 @@ def _evaluate(loaded: LoadedModel, graph: Graph, baselines: dict[str, Artifact],
                 drop, lo, hi = paired_drop(hits(base, ref, metric), hits(out, ref, metric))
                 measured["artifact"].update(agreement_vs_baseline=agreement(out, base), drop=drop, drop_ci95=[lo, hi])
         targets[name] = measured
-    latency = measure(runners, shape, bench.batch_sizes, bench.warmup, bench.runs, bar,
-                      min_seconds=bench.min_seconds, max_runs=bench.max_runs)
-    for key, lat in latency.items():
+    for key, lat in _latencies(runners, shape, bench, bar, failed).items():
         name, role = key.split("/")
-        targets[name][role]["latency"] = lat
+        if name not in failed:
+            targets[name][role]["latency"] = lat
+    for name in failed:
+        targets[name] = {r: {"failed": failed[name]} for r in ("baseline", "artifact")}
     return {"metric": metric, "float_torch": score(ref, ref, metric), "simulation": _measurement(sim_out, ref, metric),
-            "targets": targets, "bench": bench.model_dump()}
+            "targets": targets, "bench": bench.model_dump(), "gate": rec.gate, "optional": rec.optional_export}
+
+
+def _finite(out: Outputs) -> Outputs:
+    bad = ~np.isfinite(out.logits).all(axis=1)
+    if bad.any():
+        raise FloatingPointError(f"outputs NaN or infinite values on {int(bad.sum())} of {len(bad)} images")
+    return out
+
+
+def _check_reference(ref: Outputs, loaded: LoadedModel, data: DataSource) -> None:
+    """The float model's outputs are the yardstick: they must be numbers, and the labels must be
+    classes it has, or every accuracy after this is meaningless (0 % top-1 that passes a gate)."""
+    bad = ~np.isfinite(ref.logits).all(axis=1)
+    if bad.any():
+        raise CompressorError(f"the model {loaded.source} outputs NaN or infinite values on {int(bad.sum())} of "
+                              f"{len(bad)} images of {data.description}; check the model (its weights, its input "
+                              "normalization: --mean/--std) before compressing it.")
+    classes = ref.logits.shape[1]
+    if ref.labels is not None and len(ref.labels) and int(ref.labels.max()) >= classes:
+        raise CompressorError(f"evaluation data {data.description} has labels up to {int(ref.labels.max())}, but the "
+                              f"model {loaded.source} outputs {classes} classes (0..{classes - 1}). Use labels that "
+                              "index the model's classes (class folders named 0..N-1, or a labels file).")
+
+
+def _latencies(runners: dict[str, Runner], shape: tuple[int, ...], bench: BenchSpec, bar: Progress,
+               failed: dict[str, str]) -> dict[str, dict[int, dict[str, float]]]:
+    """Interleaved latencies; a runner that fails at a timing batch size fails its target and the
+    others are timed without it."""
+    try:
+        return measure(runners, shape, bench.batch_sizes, bench.warmup, bench.runs, bar,
+                       min_seconds=bench.min_seconds, max_runs=bench.max_runs)
+    except (KeyboardInterrupt, CompressorError):
+        raise
+    except Exception as e:
+        log.debug("timing failed; finding the runner", exc_info=True)
+        error = e
+    before = len(failed)
+    for key, run in runners.items():
+        try:
+            for b in bench.batch_sizes:
+                run(np.zeros((b, *shape[1:]), np.float32))
+        except Exception as e:
+            failed.setdefault(key.split("/")[0], f"timing {key}: {_reason(e)}")
+    if len(failed) == before:  # every runner works alone: not a target's fault
+        raise error
+    working = {k: r for k, r in runners.items() if k.split("/")[0] not in failed}
+    return _latencies(working, shape, bench, bar, failed) if working else {}
 
 
 def _sensitivity(float_graph: Graph, graph: Graph, data: DataSource, metric: str, bar: Progress) -> dict[str, Any]:
@@ -321,15 +498,3 @@ def _measurement(out: Outputs, ref: Outputs, metric: str) -> dict[str, Any]:
     return {"accuracy": float(h.mean() * 100),
             "accuracy_ci95": list(wilson_interval(int(h.sum()), h.size)),
             "sqnr_db_vs_float": round(sqnr_db(out, ref), 2)}
-
-
-def _publish(staging: Path, out: Path) -> list[Path]:
-    """Move every staged file into `out` (each a rename), after everything was written."""
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for f in sorted(staging.iterdir()):
-        if f.name.startswith("."):
-            continue
-        os.replace(f, out / f.name)
-        files.append(out / f.name)
-    return files

@@ -1,22 +1,31 @@
 """`compress`: the command-line front of `compressor.compress`.
 
-Exit codes: 0 ok, 1 accuracy gate failed, 2 bad input or usage (the message says what to fix).
+Exit codes: 0 ok, 1 accuracy gate failed, 2 bad input or usage (the message names the file or
+flag and the fix), 3 a pass, exporter or runtime crashed (the message names it; --verbose shows
+the traceback), 130/143 interrupted by SIGINT/SIGTERM. No traceback is printed without --verbose,
+and in every case but 0, 1 and a failed target (3) the output folder is left as it was.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import traceback
+import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from compressor.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK, CompressorError
+if TYPE_CHECKING:
+    from compressor.data import Preprocess
+
+from compressor.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_TOOLCHAIN, CompressorError, ToolchainError, first_line
 
 
 class GateOnChoice(str, Enum):
@@ -30,7 +39,9 @@ def _typer_app() -> typer.Typer:
 
 
 app = _typer_app()
-err = Console(stderr=True)
+# messages are not wrapped by rich (the terminal wraps them), so a path or a flag never breaks mid-word
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+PREPROCESS_FLAGS = {"size": "--size", "channels": "--channels", "mean": "--mean", "std": "--std"}
 
 
 def _ints(text: str | None, flag: str, count: int | None = None) -> list[int] | None:
@@ -39,7 +50,9 @@ def _ints(text: str | None, flag: str, count: int | None = None) -> list[int] | 
     try:
         values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
     except ValueError:
-        raise CompressorError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,3,224,224.") from None
+        values = []
+    if not values:
+        raise CompressorError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,3,224,224.")
     if count is not None and len(values) != count:
         raise CompressorError(f"{flag} {text!r}: expected {count} comma-separated integers.")
     return values
@@ -56,6 +69,26 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise CompressorError(f"{flag} {text!r}: expected comma-separated numbers or 'imagenet'.") from None
+
+
+def _preprocess(size: str | None, channels: int | None, mean: str | None, std: str | None) -> Preprocess:
+    """The preprocessing flags through the model a recipe's `preprocess:` goes through."""
+    from pydantic import ValidationError
+
+    from compressor.data import Preprocess
+
+    raw = {"size": size, "channels": channels, "mean": mean, "std": std}
+    fields = {"size": _ints(size, "--size", 2), "channels": channels, "mean": _floats(mean, "--mean"),
+              "std": _floats(std, "--std")}
+    try:
+        return Preprocess(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:
+        raise CompressorError("; ".join(f"{PREPROCESS_FLAGS[str(x['loc'][0])]} {raw[str(x['loc'][0])]!r}: "
+                                        f"{x['msg'].removeprefix('Value error, ')}" for x in e.errors())) from None
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",")]
 
 
 def _print_recipes() -> None:
@@ -79,16 +112,27 @@ def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    from compressor.report.render import artifact_table, gate_table, verdict
+    from compressor.report.render import artifact_table, gate_table, hints, verdict, verdict_kind
 
     console = Console(width=max(Console().width, 140))
     _, header, rows = artifact_table(report)
     title = f"{report['model']['name']} · {report['recipe']['name']} · metric {report['metric']} (%)"
     console.print(_rich_table(title, header, rows))
     console.print(_rich_table(*gate_table(report)))
-    colour = "green" if report["gate"]["passed"] else "red"
+    colour = {"passed": "green", "failed": "red", "none": "yellow"}[verdict_kind(report)]
     console.print(f"gate: [{colour}]{verdict(report)}[/]", highlight=False)
-    console.print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    for hint in hints(report):
+        console.print(f"[yellow]note:[/] {hint}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {out}/: {', '.join(report['files'])}", soft_wrap=True)
+
+
+def _fail(code: int, message: str, junit: Path | None) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}", markup=True)
+    if junit:
+        from compressor.report import write_junit
+
+        write_junit(None, junit, message)
+    return typer.Exit(code)
 
 
 @app.command()
@@ -113,8 +157,12 @@ def compress(
         "--sensitivity", help="per-layer table: SQNR of each quantized layer's output and the accuracy with only "
                               "that layer quantized")] = False,
     arch: Annotated[str | None, typer.Option(help="zoo architecture for a bare state_dict")] = None,
-    trust_pickle: Annotated[bool, typer.Option(help="allow loading a pickled nn.Module (runs code "
-                                                    "from the file: only for files you trust)")] = False,
+    trust_pickle: Annotated[bool, typer.Option(help="allow model files that carry code: a pickled nn.Module, "
+                                                    "TorchScript, a .pt2 with pickled parts (the code runs: only for "
+                                                    "files you trust)")] = False,
+    optional_export: Annotated[str | None, typer.Option(
+        help="targets (of --export) whose failure to export or run is reported without failing the run "
+             "(no exit 3), e.g. executorch [default: the recipe's optional_export]")] = None,
     size: Annotated[str | None, typer.Option(help="resize images to H,W")] = None,
     channels: Annotated[int | None, typer.Option(help="1 (grayscale) or 3 (RGB)")] = None,
     mean: Annotated[str | None, typer.Option(help="normalization mean: c1,c2,c3 or 'imagenet'")] = None,
@@ -138,43 +186,51 @@ def compress(
     if not verbose:
         for noisy in ("torch", "torchao"):  # torchao warns about its CUDA kernels on every CPU import
             logging.getLogger(noisy).setLevel(logging.ERROR)
-    report = None
+        # libraries' deprecation notices (torch's pytree warns on loading any .pt2) are for their
+        # callers' developers; printed, they push the run's own message off the screen
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    if list_recipes:
+        _print_recipes()
+        raise typer.Exit(EXIT_OK)
+    more = "Re-run with --verbose for the traceback." if not verbose else ""
     try:
-        if list_recipes:
-            _print_recipes()
-            raise typer.Exit(EXIT_OK)
         if model is None:
             raise CompressorError("missing MODEL: pass a model file (see --help), or --list-recipes.")
         from compressor.api import compress as run
-        from compressor.data import Preprocess
 
-        pre_fields = {"size": _ints(size, "--size", 2), "channels": channels, "mean": _floats(mean, "--mean"),
-                      "std": _floats(std, "--std")}
-        pre = Preprocess(**{k: v for k, v in pre_fields.items() if v is not None})
-        result = run(model, recipe=recipe, calib=calib, eval_data=eval_data,
-                     export=export.split(",") if export else None, out_dir=out, max_drop=max_drop,
-                     input_shape=_ints(input_shape, "--input-shape", 4), arch=arch, trust_pickle=trust_pickle,
-                     preprocess=pre, calib_size=calib_size, batch_sizes=_ints(batch_sizes, "--batch-sizes"),
-                     threads=threads, progress=not quiet, fast=fast,
-                     gate_on=gate_on.value if gate_on else None, sensitivity=sensitivity)
-        report = result.report
+        result = run(model, recipe=recipe, calib=calib, eval_data=eval_data, export=_names(export), out_dir=out,
+                     max_drop=max_drop, input_shape=_ints(input_shape, "--input-shape", 4), arch=arch,
+                     trust_pickle=trust_pickle, preprocess=_preprocess(size, channels, mean, std),
+                     calib_size=calib_size, batch_sizes=_ints(batch_sizes, "--batch-sizes"), threads=threads,
+                     progress=not quiet, fast=fast, gate_on=gate_on.value if gate_on else None,
+                     sensitivity=sensitivity, optional_export=_names(optional_export))
     except CompressorError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, markup=True)
-        if junit:
-            from compressor.report import write_junit
-
-            write_junit(None, junit, str(e))
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except ValueError as e:  # pydantic validation of CLI-built specs
-        err.print(f"[red]error:[/] {e}", highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        raise _fail(EXIT_BAD_INPUT, str(e), junit) from None
+    except ToolchainError as e:
+        if verbose:
+            traceback.print_exception(e.__cause__ or e)
+        raise _fail(EXIT_TOOLCHAIN, f"{e}. This is a failure of the toolchain, not of your input; {out} was left "
+                                    f"as it was. {more}", junit) from None
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        state = "holds the new results" if getattr(e, "published", False) else "was left as it was"
+        raise _fail(128 + signum, f"stopped by {signal.Signals(signum).name}; {out} {state}.", junit) from None
+    except Exception as e:
+        if verbose:
+            traceback.print_exception(e)
+        raise _fail(EXIT_TOOLCHAIN, f"internal error ({type(e).__name__}: {first_line(e)}); {out} was left as it "
+                                    f"was. This is a bug in compressor: please report it. {more}", junit) from None
     if junit:
         from compressor.report import write_junit
 
-        write_junit(report, junit)
+        write_junit(result.report, junit)
     if not quiet:
-        _print_summary(report, out)
-    raise typer.Exit(EXIT_OK if report["gate"]["passed"] else EXIT_GATE_FAILED)
+        _print_summary(result.report, out)
+    for target, reason in result.failed.items():
+        if target not in result.optional:
+            err.print(f"[red]error:[/] {target} failed ({reason}); the other targets were published. Mark it "
+                      f"optional with --optional-export {target} if this target may fail. {more}", markup=True)
+    raise typer.Exit(result.exit_code)
 
 
 compare_app = _typer_app()
@@ -192,8 +248,7 @@ def compare(
     try:
         a, b = load_report(run_a), load_report(run_b)
     except CompressorError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        raise _fail(EXIT_BAD_INPUT, str(e), None) from None
     title, header, rows = compare_reports(a, b)
     warning = metric_mismatch(a, b)
     if as_json:

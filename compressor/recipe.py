@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from compressor.data.preprocess import Preprocess
 from compressor.errors import CompressorError
@@ -29,7 +29,8 @@ class GateSpec(BaseModel):
     metric: Literal["top1", "agreement"] = Field(
         "top1", description="top1 needs labels (falls back to agreement without); agreement = top-1 match "
                             "with the float model")
-    max_drop: float | None = Field(None, ge=0, description="largest accepted accuracy drop, in points")
+    max_drop: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                   description="largest accepted accuracy drop, in points")
     gate_on: GateOn = Field(
         "point", description="point: fail when the measured drop exceeds max_drop; lower-bound: only when the "
                              "drop's 95 % interval lies wholly above it (the drop is significant)")
@@ -41,8 +42,9 @@ class BenchSpec(BaseModel):
     threads: int = Field(2, ge=1)
     warmup: int = Field(5, ge=0)
     runs: int = Field(30, ge=3, description="timed rounds at least")
-    min_seconds: float = Field(2.0, ge=0, description="keep timing rounds until this much time was spent "
-                                                      "(sub-millisecond models need hundreds of samples)")
+    min_seconds: float = Field(2.0, ge=0, allow_inf_nan=False,
+                               description="keep timing rounds until this much time was spent "
+                                           "(sub-millisecond models need hundreds of samples)")
     max_runs: int = Field(2000, ge=3, description="upper bound on timed rounds")
 
     @field_validator("batch_sizes")
@@ -77,13 +79,48 @@ class Recipe(BaseModel):
     name: str
     description: str = ""
     passes: list[PassEntry] = Field(min_length=1)
-    export: list[str] = Field(default_factory=lambda: ["onnx"])
+    export: list[str] = Field(default_factory=lambda: ["onnx"], min_length=1)
+    optional_export: list[str] = Field(
+        default_factory=list, description="targets whose failure to export or run is reported (status failed) "
+                                          "but does not fail the run (exit 3)")
     export_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-target settings, e.g. {coreml: {minimum_deployment_target: iOS17}}")
     gate: GateSpec = Field(default_factory=GateSpec)
     calibration: CalibSpec = Field(default_factory=CalibSpec)
     benchmark: BenchSpec = Field(default_factory=BenchSpec)
     preprocess: Preprocess | None = None
+    resolved: dict[str, Any] | None = Field(
+        None, description="written by compress into the resolved recipe.yaml (tool versions, calibration data "
+                          "hash); provenance only, ignored when the recipe runs")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"this compressor reads recipe schema_version {SCHEMA_VERSION}; a recipe of version {v} "
+                             f"needs {'a newer' if v > SCHEMA_VERSION else 'an older'} compressor")
+        return v
+
+    @field_validator("export")
+    @classmethod
+    def _known_targets(cls, v: list[str]) -> list[str]:
+        from exporters import EXPORTERS
+
+        unknown = [t for t in v if t not in EXPORTERS]
+        if unknown:
+            raise ValueError(f"unknown export target {unknown[0]!r}; targets: {', '.join(sorted(EXPORTERS))}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a target is listed twice: {', '.join(v)}")
+        return v
+
+    @field_validator("optional_export")
+    @classmethod
+    def _optional_among_targets(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        targets = info.data.get("export") or []
+        stray = [t for t in v if t not in targets]
+        if stray:
+            raise ValueError(f"{', '.join(stray)} is not among the exported targets ({', '.join(targets)})")
+        return v
 
     @field_validator("export_options")
     @classmethod
@@ -105,6 +142,28 @@ class Recipe(BaseModel):
             raise CompressorError(f"--fast: no pass of recipe {self.name!r} has a fast preset (passes that do: "
                                   f"{', '.join(having)}).")
         return self.model_copy(update={"passes": entries})
+
+    def with_overrides(self, values: dict[tuple[str, ...], Any], labels: dict[tuple[str, ...], str]) -> Recipe:
+        """This recipe with fields set from another source (the command line, `compress()`'s
+        arguments), validated by the same models as the YAML; errors name `labels[field]`."""
+        data = self.model_dump()
+        for path, value in values.items():
+            node = data
+            for key in path[:-1]:
+                if node.get(key) is None:
+                    node[key] = {}
+                node = node[key]
+            node[path[-1]] = value
+        try:
+            return Recipe(**data)
+        except ValidationError as e:
+            lines = []
+            for err in e.errors():
+                path = next((p for p in values if tuple(err["loc"][:len(p)]) == p), None)
+                where = f"{labels[path]} {values[path]!r}" if path else f"recipe {self.name!r}: " + ".".join(
+                    map(str, err["loc"]))
+                lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+            raise CompressorError("; ".join(lines)) from None
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """The recipe as written in YAML (`pass:` key plus parameters inline), defaults included."""

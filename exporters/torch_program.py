@@ -8,6 +8,7 @@ for users who serve with PyTorch (TorchServe, a Python service) rather than a se
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -40,8 +41,12 @@ class TorchExporter(Exporter):
 
     def export(self, graph: Graph, path: Path, precision: str) -> TorchArtifact:
         program = export_program(graph.gm, graph, what=f"the {precision} graph")
+        # saved into memory, then written by Python: torch's zip writer aborts the whole process
+        # (a C++ exception from its destructor) when the disk fills up under it
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
         with atomic_path(path) as tmp:
-            torch.export.save(program, str(tmp))
+            tmp.write_bytes(buffer.getvalue())
             load_program(tmp)  # a program that does not reload must not ship
         return TorchArtifact("torch", path, precision, {"format": "torch.export .pt2", "torch": torch.__version__})
 

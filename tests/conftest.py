@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,26 @@ ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT / "calibration_data" / "mnist"
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _every_report_matches_the_published_schema():
+    """Every report a test builds is validated against compressor/report/report.schema.json (the
+    validation error then fails that run, with the field that broke the schema)."""
+    from compressor.report import report as module
+
+    validator = jsonschema.Draft202012Validator(json.loads(module.SCHEMA_FILE.read_text()))
+    original = module.build_report
+
+    def checked(*args, **kwargs):
+        built = original(*args, **kwargs)
+        validator.validate(built)
+        json.dumps(built, allow_nan=False)  # strict JSON too
+        return built
+
+    module.build_report = checked
+    yield
+    module.build_report = original
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ import compressor
 
 
 def test_public_surface_is_deliberate():
-    assert sorted(compressor.__all__) == ["CompressResult", "CompressorError", "__version__", "compress"]
+    assert sorted(compressor.__all__) == ["CompressResult", "CompressorError", "ToolchainError", "__version__",
+                                          "compress"]
     assert callable(compressor.compress)
 
 

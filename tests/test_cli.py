@@ -20,6 +20,7 @@ import compressor
 from compressor import zoo
 from compressor.cli import app
 from compressor.data import Preprocess, open_source
+from compressor.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SPLIT = ROOT / "calibration_data" / "mnist" / "test"
@@ -55,7 +56,7 @@ def test_bundled_model_meets_accuracy_target_on_the_artifact(tmp_path, ckpt):
                                                      "report.html", "report.json", "report.md"]
     r = json.loads((out / "report.json").read_text())
     art = r["artifacts"][0]
-    assert r["schema_version"] == 2 and r["metric"] == "top1"
+    assert r["schema_version"] == 3 and r["metric"] == "top1" and r["files"] == sorted(p.name for p in out.iterdir())
     gate = r["gate"]
     assert gate["max_drop"] == 0.5 and gate["gate_on"] == "point" and gate["passed"] is True
     assert gate["targets"]["onnx"]["drop"] == art["drop"] == r["accuracy_drop"]
@@ -75,6 +76,8 @@ def test_bundled_model_meets_accuracy_target_on_the_artifact(tmp_path, ckpt):
                                                        art["latency_ms"]["median"], rel=1e-3)
     recipe = (out / "recipe.yaml").read_text()
     assert "reduce_range: auto" not in recipe and "sha256:" in recipe and "onnxruntime:" in recipe
+    ran = load_recipe(out / "recipe.yaml")  # the resolved recipe loads again and records what ran
+    assert ran.gate.max_drop == 0.5 and ran.benchmark.batch_sizes == [8] and ran.preprocess.mean == (0.1307,)
     assert ET.parse(tmp_path / "j.xml").getroot().get("failures") == "0"
     assert "PASSED" in (out / "report.md").read_text()
 
@@ -97,7 +100,8 @@ def test_targets_that_cannot_run_here_are_exported_inspected_and_not_judged(tmp_
         assert a["accuracy"] is None and a["latency_ms"] is None and a["drop"] is None
         assert a["sim_accuracy"] == arts["onnx"]["sim_accuracy"] and a["size_bytes"] > 0
         assert r["gate"]["targets"][target]["passed"] is None
-    assert arts["coreml"]["checks"]["checks"]["ok"] and arts["coreml"]["checks"]["quant_ops"]["quantize"] == 13
+    # 13 before the 3 residual adds ran in int8: one output quantizer more each
+    assert arts["coreml"]["checks"]["checks"]["ok"] and arts["coreml"]["checks"]["quant_ops"]["quantize"] == 16
     assert (out / "model.mlpackage").is_dir() and (out / "model.tensorrt" / "trtexec.sh").exists()
     assert r["gate"]["passed"] and r["gate"]["gate_on"] == "lower-bound"
     root = ET.parse(tmp_path / "j.xml").getroot()
@@ -148,7 +152,7 @@ def test_python_api_with_module_and_loaders(tmp_path):
                               out_dir=tmp_path / "out", batch_sizes=[1], sensitivity=True)
     assert res.artifacts["onnx"].path == tmp_path / "out" / "model.onnx" and res.artifacts["onnx"].path.exists()
     sens = res.report["sensitivity"]
-    assert sens["images"] == 300 and len(sens["rows"]) == 10  # 9 convs + fc
+    assert sens["images"] == 300 and len(sens["rows"]) == 13  # 9 convs + fc + 3 residual adds' quantizers
     assert sens["quantized_accuracy"] == pytest.approx(res.report["simulation"]["accuracy"], abs=1e-3)
     assert "Per-layer sensitivity" in (tmp_path / "out" / "report.md").read_text()
     assert res.report["data"]["evaluation"]["count"] == 300 and res.report["metric"] == "top1"
@@ -228,7 +232,7 @@ def test_bad_input_exits_2_with_a_clear_message(bad_inputs, tmp_path, case):
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
     assert not out.exists() or not any(out.iterdir())
-    assert not list(tmp_path.glob(".out.partial-*")), "staging folder left behind"
+    assert not list(tmp_path.glob(".compressor-*")) and not list(out.glob(".compressor-*")), "staging left behind"
 
 
 def test_console_script_help_and_recipes():

@@ -1,7 +1,11 @@
 import pytest
+import yaml
 
+from compressor.api import _with_arguments
 from compressor.errors import CompressorError
+from compressor.passes import PassRecord
 from compressor.recipe import list_recipes, load_recipe
+from compressor.report.report import resolved_recipe
 
 
 def _write(tmp_path, text):
@@ -85,3 +89,38 @@ def test_export_options_are_validated_against_the_target(tmp_path):
     assert get_exporter("tvm", **rec.export_options["tvm"]).options.batch == 4
     with pytest.raises(CompressorError, match="export options for tvm: batch"):
         get_exporter("tvm", batch=0)
+
+
+@pytest.mark.parametrize("name", sorted(list_recipes()))
+def test_resolved_recipe_records_what_ran_and_loads_again(tmp_path, name):
+    """The recipe.yaml a run writes, for every bundled recipe with command-line overrides: it loads
+    with the same validation and describes exactly the run (overrides, resolved pass parameters)."""
+    rec = _with_arguments(load_recipe(name), max_drop=0.5, gate_on="lower-bound", calib_size=64, batch_sizes=[8],
+                          threads=1, export=["onnx", "torch"], optional_export=["torch"])
+    ran = [PassRecord(e.name, e.build().params.model_dump(mode="json")) for e in rec.passes]
+    data = {"calibration": {"source": "x", "count": 64, "available": 500, "sha256": "ab" * 32}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(rec, ran, data), sort_keys=False))
+    again = load_recipe(tmp_path / "recipe.yaml")
+    assert again.gate.max_drop == 0.5 and again.gate.gate_on == "lower-bound" and again.calibration.max_images == 64
+    assert again.benchmark.batch_sizes == [8] and again.export == ["onnx", "torch"]
+    assert again.optional_export == ["torch"]
+    assert [e.build().params for e in again.passes] == [e.build().params for e in rec.passes]
+    assert again.model_dump(exclude={"resolved", "passes"}) == rec.model_dump(exclude={"resolved", "passes"})
+    assert again.resolved["calibration"]["sha256"] == "ab" * 32
+
+
+def test_schema_version_is_checked(tmp_path):
+    with pytest.raises(CompressorError, match=r"schema_version.*reads recipe schema_version 1.*newer compressor"):
+        load_recipe(_write(tmp_path, "schema_version: 99\nname: x\npasses:\n  - pass: reparam.fold_bn\n"))
+
+
+def test_command_line_values_are_validated_like_recipe_values():
+    rec = load_recipe("int8-ptq")
+    for given, message in (({"max_drop": float("nan")}, "--max-drop nan: Input should be a finite number"),
+                           ({"max_drop": -5.0}, "--max-drop -5.0: Input should be greater than or equal to 0"),
+                           ({"batch_sizes": [0]}, "--batch-sizes [0]: batch sizes must be >= 1"),
+                           ({"export": ["onnx", "nope"]}, "--export ['onnx', 'nope']: unknown export target 'nope'"),
+                           ({"optional_export": ["tvm"]}, "--optional-export ['tvm']: tvm is not among")):
+        with pytest.raises(CompressorError) as e:
+            _with_arguments(rec, **given)
+        assert message in str(e.value)

@@ -9,6 +9,7 @@ from compressor.eval import paired_drop, wilson_interval
 from compressor.report import judge, render_html, render_markdown, write_junit
 from compressor.report.compare import compare_reports, load_report
 from compressor.report.pareto import pareto_front, plot_pareto
+from compressor.report.render import hints, verdict_kind
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -111,13 +112,54 @@ def test_markdown_and_html_state_verdict_numbers_and_unmeasured_targets(tmp_path
     md = render_markdown(r)
     assert "FAILED" in md and "1.20 points" in md and "| model.onnx | onnx | int8 | 96.80 [95.80, 97.80] |" in md
     assert "2.00x" in md and "not_measured: needs macOS" in md
-    assert "PASSED" in render_markdown(_report(0.0, None))
+    no_limit = render_markdown(_report(0.0, None))
+    assert "no limit set" in no_limit and "PASSED" not in no_limit and "| passed |" not in no_limit
+    assert "PASSED" in render_markdown(_report(0.0, 0.5))
     plot_pareto(r, tmp_path / "p.png")
     png = (tmp_path / "p.png").read_bytes()
     page = render_html(r, png)
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page
     assert "src='http" not in page and "href=" not in page  # self-contained: nothing fetched
     assert "96.80 [95.80, 97.80]" in page and "not_measured: needs macOS" in page
+
+
+def test_a_large_significant_drop_or_a_failed_gate_suggests_sensitivity_and_failed_targets_are_named(tmp_path):
+    def suggests(r: dict) -> bool:
+        return any("--sensitivity" in h for h in hints(r))
+
+    big = _report(2.5, None)  # 2.5 points, interval [2.1, 2.9]: beyond the hint's 2 points and beyond noise
+    assert suggests(big) and "more than 2, beyond noise" in hints(big)[0] and verdict_kind(big) == "none"
+    assert not suggests(_report(1.5, None))  # under 2 points, no limit: nothing to chase
+    noisy = _report(2.5, None)
+    noisy["artifacts"][0]["drop_ci95"] = [-0.5, 5.5]  # not significant: could be noise
+    assert not suggests(noisy)
+    over = _report(0.7, 0.5)  # a small drop, but over the limit: the gate failed
+    assert suggests(over) and "over the gate's limit" in hints(over)[0] and verdict_kind(over) == "failed"
+    assert not suggests(_report(0.3, 0.5))
+    assert not hints({**big, "sensitivity": {"rows": []}})  # already run: nothing to suggest
+    failed = _report(0.1, None, coreml=True)
+    failed["artifacts"][1]["status"] = "failed: export of the model: RuntimeError: boom"
+    assert hints(failed) == ["coreml: failed: export of the model: RuntimeError: boom"]
+    assert verdict_kind(failed) == "none"
+    write_junit({**failed, "gate": judge(failed["artifacts"], "top1", None, "point")}, tmp_path / "j.xml")
+    root = ET.parse(tmp_path / "j.xml").getroot()
+    assert (root.get("errors"), root.get("skipped")) == ("1", "0")
+    assert "boom" in root.find("testcase/error").get("message")
+
+
+def test_cli_summary_says_no_limit_and_suggests_sensitivity_at_any_terminal_width(tmp_path, capsys, monkeypatch):
+    from compressor.cli import _print_summary
+
+    for columns in ("40", None):
+        if columns is None:
+            monkeypatch.delenv("COLUMNS", raising=False)
+        else:
+            monkeypatch.setenv("COLUMNS", columns)
+        _print_summary({**_report(2.5, None), "files": ["model.onnx", "report.json"]}, tmp_path)
+        text = capsys.readouterr().out
+        assert "no limit set (--max-drop): worst accuracy drop 2.50 points" in text and "PASSED" not in text
+        assert "onnx drops 2.50 points (more than 2, beyond noise): run again with --sensitivity" in text, text
+        assert f"wrote {tmp_path}/: model.onnx, report.json" in text
 
 
 def test_compare_shows_changes_per_artifact(tmp_path, capsys):

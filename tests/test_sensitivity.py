@@ -110,8 +110,11 @@ def test_cnn_with_folded_batchnorm():
     PASSES["quant.int8_ptq"](PASSES["quant.int8_ptq"].Params(activation_observer="minmax")).run(
         q_graph, PassContext(calib=open_source(ROOT / "calibration_data/mnist/calib", spec)))
     res = layer_sensitivity(f, q_graph, test, "top1", batch_size=100, limit=100)
-    assert len(res.rows) == f.count("conv") + f.count("linear") == len(_weight_dqs(q_graph))
-    assert {r["kind"] for r in res.rows} == {"conv", "linear"}
+    weighted = [r for r in res.rows if r["kind"] != "activation"]
+    assert len(weighted) == f.count("conv") + f.count("linear") == len(_weight_dqs(q_graph))
+    # the residual adds' quantizers belong to no layer: one activation row each, named by its module
+    assert len(res.rows) - len(weighted) == f.count("add") and {r["kind"] for r in res.rows} == {"conv", "linear",
+                                                                                                  "activation"}
     layers = quantized_layers(f, q_graph)
     with torch.no_grad():
         torch.testing.assert_close(only_quantized(f, q_graph, [], layers)(x), f(x), rtol=1e-4, atol=1e-4)

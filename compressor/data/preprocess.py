@@ -8,10 +8,11 @@ sees in deployment.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_SIDE = 16384  # pixels; a larger resize target is a typo, and one such image would need gigabytes
 
 
 class Preprocess(BaseModel):
@@ -21,8 +22,16 @@ class Preprocess(BaseModel):
 
     size: tuple[int, int] | None = Field(None, description="(height, width) to resize to; None keeps the size")
     channels: int | None = Field(None, description="1 (grayscale) or 3 (RGB); None keeps what the file has")
-    mean: tuple[float, ...] = Field((0.0,), description="per-channel mean subtracted after scaling to [0, 1]")
-    std: tuple[float, ...] = Field((1.0,), description="per-channel std divided after the mean")
+    mean: tuple[FiniteFloat, ...] = Field((0.0,), min_length=1,
+                                          description="per-channel mean subtracted after scaling to [0, 1]")
+    std: tuple[FiniteFloat, ...] = Field((1.0,), min_length=1, description="per-channel std divided after the mean")
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not all(1 <= s <= MAX_SIDE for s in v):
+            raise ValueError(f"height and width must be between 1 and {MAX_SIDE} pixels")
+        return v
 
     @field_validator("channels")
     @classmethod

@@ -7,6 +7,8 @@ batch, not the data set. Array files are memory-mapped where numpy allows it.
 from __future__ import annotations
 
 import hashlib
+import pickle
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,14 +76,22 @@ class DataSource:
 
 
 def _read_image(path: Path, channels: int | None) -> np.ndarray:
+    """Decode one image; its size is checked from the header first, so a small file that claims
+    billions of pixels (a decompression bomb) is refused before it is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            mode = {1: "L", 3: "RGB"}.get(channels or 0, "L" if im.mode in ("L", "I", "1", "I;16") else "RGB")
-            return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError) as e:
-        raise CompressorError(f"{path}: not a readable image ({e}). Remove it from the folder or fix it.") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                mode = {1: "L", 3: "RGB"}.get(channels or 0, "L" if im.mode in ("L", "I", "1", "I;16") else "RGB")
+                return np.asarray(im.convert(mode))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise CompressorError(f"{path}: image too large to decode safely (its header claims more than "
+                              f"{Image.MAX_IMAGE_PIXELS:,} pixels: a possible decompression bomb). Resize it or "
+                              "remove it from the folder.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise CompressorError(f"{path}: not a readable image ({e}). Remove it from the folder or fix it.") from None
 
 
 def _to_chw(a: np.ndarray | torch.Tensor, where: str) -> torch.Tensor:
@@ -125,7 +135,33 @@ def _array_batch(chunk: np.ndarray | torch.Tensor, spec: Preprocess, where: str)
         t = t.unsqueeze(1)
     if t.dim() != 4:
         raise CompressorError(f"{where}: array data must be (N, H, W) or (N, C, H, W); got {tuple(t.shape)}.")
-    return t.float()
+    return finite(t.float(), where)
+
+
+def finite(x: torch.Tensor, where: str) -> torch.Tensor:
+    """`x`, if every value is a number: one NaN would poison an observer's range or a metric."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        rows = bad.flatten(1).any(1).nonzero().flatten().tolist()
+        raise CompressorError(f"{where}: {int(bad.sum())} NaN or infinite values (in item(s) {rows[:5]} of a batch "
+                              f"of {len(x)}); clean the data or drop those items.")
+    return x
+
+
+def _labels(values: np.ndarray | torch.Tensor, where: str, n: int) -> np.ndarray:
+    """Class indices: whole numbers >= 0, one per item (floats that are not whole are a mistake)."""
+    a = np.asarray(values.numpy() if isinstance(values, torch.Tensor) else values)
+    if a.ndim != 1 or len(a) != n:
+        count = len(a) if a.ndim == 1 else f"an array of shape {a.shape} of"
+        raise CompressorError(f"{where}: {count} labels for {n} items; give one class index per item, "
+                              "in the sorted order of the file names.")
+    if not (np.issubdtype(a.dtype, np.integer) or (np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all()
+                                                  and (a == np.round(a)).all())):
+        raise CompressorError(f"{where}: labels must be whole class indices; found {a.dtype} values such as "
+                              f"{a[:3].tolist()}.")
+    if len(a) and a.min() < 0:
+        raise CompressorError(f"{where}: labels must be class indices >= 0; found {int(a.min())}.")
+    return a.astype(np.int64)
 
 
 def _folder_items(root: Path) -> tuple[list[Path], np.ndarray | None, list[str] | None]:
@@ -154,11 +190,13 @@ def _label_file(root: Path, n: int) -> np.ndarray | None:
     for name in LABEL_FILES:
         p = root / name
         if p.exists():
-            labels = np.load(p) if p.suffix == ".npy" else np.loadtxt(p, dtype=np.int64, ndmin=1)
-            if len(labels) != n:
-                raise CompressorError(f"{p}: {len(labels)} labels for {n} images; one label per image, "
-                                      "in the sorted order of the file names.")
-            return np.asarray(labels, dtype=np.int64)
+            try:
+                labels = np.load(p, allow_pickle=False) if p.suffix == ".npy" else np.loadtxt(p, ndmin=1)
+            except (ValueError, OSError, EOFError) as e:
+                raise CompressorError(f"{p}: not a readable label file ({' '.join(str(e).split())[:200]}); write "
+                                      "one integer class index per image (labels.txt, one per line, or "
+                                      "labels.npy).") from None
+            return _labels(labels, str(p), n)
     return None
 
 
@@ -171,14 +209,14 @@ def _array_items(path: Path) -> tuple[np.ndarray | torch.Tensor, np.ndarray | No
             if xkey is None:
                 raise CompressorError(f"{path}: no image array; name it 'x' or 'images' (found {z.files}).")
             ykey = next((k for k in ("y", "labels", "targets") if k in z.files), None)
-            return z[xkey], (None if ykey is None else z[ykey].astype(np.int64))
+            return z[xkey], (None if ykey is None else z[ykey])
     obj = torch.load(path, weights_only=True, map_location="cpu")
     if isinstance(obj, torch.Tensor):
         return obj, None
     if isinstance(obj, dict) and isinstance(obj.get("x", obj.get("images")), torch.Tensor):
         x = obj.get("x", obj.get("images"))
         y = obj.get("y", obj.get("labels"))
-        return x, (None if y is None else torch.as_tensor(y).numpy().astype(np.int64))
+        return x, (None if y is None else torch.as_tensor(y).numpy())
     raise CompressorError(f"{path}: expected a tensor or a dict with 'x' (and optionally 'y') tensors.")
 
 
@@ -196,13 +234,15 @@ def open_source(path: str | Path, preprocess: Preprocess | None = None, role: st
                               "or an .npy/.npz/.pt file.")
     try:
         items, labels = _array_items(p)
-    except (ValueError, OSError, RuntimeError) as e:
-        raise CompressorError(f"{p}: cannot read {role} array ({e}).") from e
+    except pickle.UnpicklingError:
+        raise CompressorError(f"{p}: holds pickled Python objects besides tensors; data files are loaded without "
+                              "running code from them. Save a tensor or a dict of tensors ({'x': ..., 'y': ...}) "
+                              "with torch.save, or an .npy/.npz file.") from None
+    except (ValueError, OSError, RuntimeError, EOFError, KeyError) as e:
+        raise CompressorError(f"{p}: cannot read {role} array ({' '.join(str(e).split())[:300]}).") from None
     if len(items) == 0:
         raise CompressorError(f"{p}: the {role} array is empty.")
-    if labels is not None and len(labels) != len(items):
-        raise CompressorError(f"{p}: {len(labels)} labels for {len(items)} items.")
-    return DataSource(str(p), items, labels, spec)
+    return DataSource(str(p), items, None if labels is None else _labels(labels, str(p), len(items)), spec)
 
 
 def from_iterable(batches: Iterable, description: str = "in-memory loader") -> DataSource:
@@ -215,8 +255,8 @@ def from_iterable(batches: Iterable, description: str = "in-memory loader") -> D
             ys.append(torch.as_tensor(y).long())
     if not xs:
         raise CompressorError(f"{description}: yielded no batches.")
-    x = torch.cat(xs)
-    labels = torch.cat(ys).numpy() if len(ys) == len(xs) else None
+    x = finite(torch.cat(xs), description)
+    labels = _labels(torch.cat(ys), description, len(x)) if len(ys) == len(xs) else None
     return DataSource(description, x, labels)
 
 

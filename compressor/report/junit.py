@@ -9,7 +9,8 @@ from xml.etree import ElementTree as ET
 
 def write_junit(report: dict[str, Any] | None, path: Path, error: str | None = None) -> None:
     """One test case per target's gate check: failure when its drop is over the limit, skipped when
-    its artifact cannot run on this machine (CI shows why), error when the run itself failed."""
+    its artifact cannot run on this machine (CI shows why), error when the target failed to export
+    or run, or the run itself failed."""
     suite = ET.Element("testsuite", name="compressor")
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if report is None:
@@ -23,8 +24,9 @@ def write_junit(report: dict[str, Any] | None, path: Path, error: str | None = N
             name = f"{report['model']['name']}.{report['recipe']['name']}.{target}"
             case = ET.SubElement(suite, "testcase", classname="compressor.gate", name=name)
             if verdict["passed"] is None:
-                counts["skipped"] += 1
-                ET.SubElement(case, "skipped", message=verdict["status"])
+                failed = verdict["status"].startswith("failed")
+                counts["errors" if failed else "skipped"] += 1
+                ET.SubElement(case, "error" if failed else "skipped", message=verdict["status"])
                 continue
             lo, hi = verdict["drop_ci95"]
             msg = (f"{gate['metric']} drop {verdict['drop']:.3f} points (95% interval {lo:.3f} to {hi:.3f}); "

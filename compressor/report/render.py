@@ -12,6 +12,12 @@ import html
 from typing import Any
 
 Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows)
+# A drop above this many points, significant at 95 %, gets the hint to run --sensitivity (so does
+# a target that failed the gate). int8 PTQ of the bundled models costs under 0.5 points and the
+# interval on 1000 test images is about ±0.3-0.5, so a drop beyond 2 points is neither noise nor
+# what quantizing every layer evenly costs (2 points is also the budget recipes are held to on
+# real CNNs): a few layers are then usually responsible, and the per-layer table names them.
+SENSITIVITY_HINT_POINTS = 2.0
 
 
 def primary_batch(batch_sizes: list[int]) -> int:
@@ -53,18 +59,19 @@ def artifact_table(r: dict[str, Any]) -> Table:
     rows = []
     for a in r["artifacts"]:
         base = r["baselines"][a["target"]]
-        rows.append([base["path"], base["target"], base["precision"], _ci(base["accuracy"], base["accuracy_ci95"]),
+        rows.append([base["path"] or "-", base["target"], base["precision"],
+                     _ci(base["accuracy"], base["accuracy_ci95"]),
                      f"{r['float_torch_accuracy']:.2f} (torch)", "-", "-", _lat(base), "1.00x",
                      f"{base['size_bytes'] / 1e6:.2f}", _status(base, True)])
         speed = "-" if a["speedup_vs_baseline"] is None else f"{a['speedup_vs_baseline']:.2f}x"
-        rows.append([a["path"], a["target"], a["precision"], _ci(a["accuracy"], a["accuracy_ci95"]),
+        rows.append([a["path"] or "-", a["target"], a["precision"], _ci(a["accuracy"], a["accuracy_ci95"]),
                      _num(a["sim_accuracy"]), _num(a["sim_gap"], "+.2f"), _ci(a["drop"], a["drop_ci95"], True),
                      _lat(a), speed, f"{a['size_bytes'] / 1e6:.2f}", _status(a, False)])
     return "Artifacts", header, rows
 
 
 def latency_table(r: dict[str, Any]) -> Table | None:
-    entries = [e for a in r["artifacts"] for e in (r["baselines"][a["target"]], a) if e["latency_ms"]]
+    entries = [e for a in r["artifacts"] for e in (r["baselines"][a["target"]], a) if e["latency_ms"] and e["path"]]
     if not entries:
         return None
     rows = [[batch] + [f"{e['latency_ms']['per_batch'][batch]['median']:.2f}" for e in entries]
@@ -79,8 +86,8 @@ def gate_table(r: dict[str, Any]) -> Table:
         if v["passed"] is None:
             rows.append([target, "-", "-", "not judged: " + v["status"]])
         else:
-            rows.append([target, _ci(v["drop"], v["drop_ci95"], True), f"{v['judged']:+.2f}",
-                         "passed" if v["passed"] else "FAILED"])
+            word = "no limit" if g["max_drop"] is None else "passed" if v["passed"] else "FAILED"
+            rows.append([target, _ci(v["drop"], v["drop_ci95"], True), f"{v['judged']:+.2f}", word])
     judged = "drop" if g["gate_on"] == "point" else "lower end of the drop's 95% interval"
     return f"Gate per target (judged on the {judged})", ["target", "drop [95% CI]", "judged", "verdict"], rows
 
@@ -107,12 +114,37 @@ def tables(r: dict[str, Any]) -> list[Table]:
 
 
 def verdict(r: dict[str, Any]) -> str:
+    """One line: PASSED or FAILED against the limit; without a limit nothing was judged, and it
+    says so rather than passing."""
     g = r["gate"]
+    if g["max_drop"] is None:
+        worst = "no artifact could be measured" if g["drop"] is None else f"worst accuracy drop {g['drop']:.2f} points"
+        return f"no limit set (--max-drop): {worst}"
     word = "PASSED" if g["passed"] else "FAILED"
     if g["drop"] is None:
         return f"{word}: no artifact could be measured on this machine"
-    limit = f"max allowed {g['max_drop']}, on the {g['gate_on']}" if g["max_drop"] is not None else "no limit set"
-    return f"{word}: worst accuracy drop {g['drop']:.2f} points ({limit})"
+    return f"{word}: worst accuracy drop {g['drop']:.2f} points (max allowed {g['max_drop']}, on the {g['gate_on']})"
+
+
+def verdict_kind(r: dict[str, Any]) -> str:
+    """'passed', 'failed' or 'none' (no limit): the colour of the verdict."""
+    return "none" if r["gate"]["max_drop"] is None else "passed" if r["gate"]["passed"] else "failed"
+
+
+def hints(r: dict[str, Any]) -> list[str]:
+    """What to do next: failed targets, and for a large drop or a failed gate the per-layer table
+    that finds the layers responsible."""
+    out = [f"{a['target']}: {a['status']}" for a in r["artifacts"] if a["status"].startswith("failed")]
+    over = {t for t, v in r["gate"]["targets"].items() if v["passed"] is False}
+    big = [a for a in r["artifacts"] if a["drop"] is not None and (
+        a["target"] in over or (a["drop"] > SENSITIVITY_HINT_POINTS and a["drop_ci95"][0] > 0))]
+    if big and not r.get("sensitivity"):
+        worst = max(big, key=lambda a: a["drop"])
+        why = ("over the gate's limit" if worst["target"] in over
+               else f"more than {SENSITIVITY_HINT_POINTS:g}, beyond noise")
+        out.append(f"{worst['target']} drops {worst['drop']:.2f} points ({why}): run again with --sensitivity to "
+                   "see which layers cost the most (a pass's skip: keeps them in float).")
+    return out
 
 
 def _intro(r: dict[str, Any]) -> str:
@@ -145,7 +177,7 @@ def _footer(r: dict[str, Any]) -> list[str]:
 
 def render_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Compression report: {r['model']['name']} with `{r['recipe']['name']}`", "",
-             f"Gate: **{verdict(r)}**", "", _intro(r), ""]
+             f"Gate: **{verdict(r)}**", "", *(f"- {h}" for h in hints(r)), "", _intro(r), ""]
     for title, header, rows in tables(r):
         lines += [f"## {title}", "", *markdown_table(header, rows), ""]
     lines += ["## Passes", ""]
@@ -157,22 +189,26 @@ def render_markdown(r: dict[str, Any]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;
 text-align:left}th{background:#f3f3f3}.passed{color:#176f2c}.failed{color:#b00020}img{max-width:100%}
-td.bad{color:#b00020}"""
+td.bad{color:#b00020}.none{color:#555}"""
+
+
+def _bad(cell: str) -> bool:
+    return cell in ("FAILED", "slower_than_baseline") or cell.startswith("failed")
 
 
 def render_html(r: dict[str, Any], pareto_png: bytes | None = None) -> str:
     """One self-contained page: tables, verdict, passes and the inlined Pareto plot."""
     e = html.escape
-    verdict_class = "passed" if r["gate"]["passed"] else "failed"
+    verdict_class = verdict_kind(r)
     parts = ["<!doctype html><html><head><meta charset='utf-8'>",
              f"<title>{e(r['model']['name'])}: {e(r['recipe']['name'])}</title><style>{_CSS}</style></head><body>",
              f"<h1>Compression report: {e(r['model']['name'])} with <code>{e(r['recipe']['name'])}</code></h1>",
-             f"<p class='{verdict_class}'><b>Gate: {e(verdict(r))}</b></p>", f"<p>{e(_intro(r))}</p>"]
+             f"<p class='{verdict_class}'><b>Gate: {e(verdict(r))}</b></p>",
+             *(f"<p>{e(h)}</p>" for h in hints(r)), f"<p>{e(_intro(r))}</p>"]
     for title, header, rows in tables(r):
         parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
         for row in rows:
-            cells = "".join(f"<td{' class=bad' if c in ('FAILED', 'slower_than_baseline') else ''}>{e(c)}</td>"
-                            for c in row)
+            cells = "".join(f"<td{' class=bad' if _bad(c) else ''}>{e(c)}</td>" for c in row)
             parts.append(f"<tr>{cells}</tr>")
         parts.append("</table>")
     if pareto_png:

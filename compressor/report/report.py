@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from compressor.io import LoadedModel
+from compressor.io.publish import RESULT_NAMES
 from compressor.passes import PassRecord
 from compressor.recipe import SCHEMA_VERSION, Recipe
 from compressor.report.pareto import plot_pareto
@@ -25,7 +26,13 @@ from compressor.report.render import primary_batch, render_html, render_markdown
 if TYPE_CHECKING:
     from exporters import Artifact
 
-REPORT_SCHEMA_VERSION = 2
+REPORT_SCHEMA_VERSION = 3
+SCHEMA_FILE = Path(__file__).with_name("report.schema.json")  # the published JSON Schema of report.json
+# why a number can be non-finite, by the key it sits under and its value (report.json has null there)
+NON_FINITE_REASONS = {("sqnr", "inf"): "no difference from the reference (the noise is zero, the SQNR infinite)",
+                      ("sqnr", "-inf"): "the reference outputs are all zero"}
+NON_FINITE_DEFAULT = {"nan": "not a number: what it was computed from overflowed or is undefined",
+                      "inf": "infinite", "-inf": "minus infinity"}
 TOOLS = ("compressor", "torch", "onnx", "onnxscript", "onnxruntime", "numpy")
 
 
@@ -50,9 +57,10 @@ def _entry(art: Artifact, measured: dict[str, Any], batch: int) -> dict[str, Any
     """What one artifact measured in its runtime; numbers it could not measure are null and its
     status says why, so nothing in the report is a stand-in for a measurement."""
     reason = measured.get("not_measured")
+    status = f"failed: {measured['failed']}" if "failed" in measured else f"not_measured: {reason}" if reason else "ok"
     return {
-        "target": art.target, "path": art.path.name, "precision": art.precision,
-        "status": f"not_measured: {reason}" if reason else "ok",
+        "target": art.target, "path": art.path.name if art.path.exists() else None, "precision": art.precision,
+        "status": status,
         "accuracy": _round(measured.get("accuracy")), "accuracy_ci95": measured.get("accuracy_ci95"),
         "sqnr_db_vs_float": measured.get("sqnr_db_vs_float"),
         "latency_ms": _latency(measured.get("latency"), batch), "size_bytes": art.size_bytes,
@@ -66,7 +74,9 @@ def _round(v: float | None, digits: int = 4) -> float | None:
 
 def build_report(rec: Recipe, passes: list[PassRecord], loaded: LoadedModel, shape: tuple[int, ...],
                  ev: dict[str, Any], baselines: dict[str, Artifact], artifacts: dict[str, Artifact],
-                 timings: dict[str, float], data: dict[str, Any]) -> dict[str, Any]:
+                 timings: dict[str, float], data: dict[str, Any], files: list[str]) -> dict[str, Any]:
+    """The report as report.json holds it: strict JSON (a non-finite number is null, listed with
+    its reason under `non_finite`), valid against `SCHEMA_FILE`."""
     batch = primary_batch(ev["bench"]["batch_sizes"])
     sim = ev["simulation"]
     base_entries, entries = {}, []
@@ -75,22 +85,23 @@ def build_report(rec: Recipe, passes: list[PassRecord], loaded: LoadedModel, sha
         base = base_entries[name] = _entry(baselines[name], measured["baseline"], batch)
         e = _entry(art, measured["artifact"], batch)
         m = measured["artifact"]
-        e.update(baseline=base["path"], sim_accuracy=_round(sim["accuracy"]),
+        e.update(baseline=base["path"], optional=name in ev.get("optional", ()), sim_accuracy=_round(sim["accuracy"]),
                  sim_gap=_round(None if e["accuracy"] is None else e["accuracy"] - sim["accuracy"]),
                  drop=m.get("drop"), drop_ci95=m.get("drop_ci95"),
                  agreement_vs_baseline=_round(m.get("agreement_vs_baseline")),
                  max_abs_diff_vs_sim=m.get("max_abs_diff_vs_sim"),
                  size_ratio_vs_baseline=round(art.size_bytes / max(baselines[name].size_bytes, 1), 4),
                  speedup_vs_baseline=None)
-        if e["latency_ms"] and base["latency_ms"]:
+        if e["latency_ms"] and base["latency_ms"] and e["latency_ms"]["median"] > 0:
             e["speedup_vs_baseline"] = round(base["latency_ms"]["median"] / e["latency_ms"]["median"], 4)
             if e["speedup_vs_baseline"] < 1.0:
                 e["status"] = "slower_than_baseline"
         entries.append(e)
     gate = judge(entries, ev["metric"], ev["gate"].max_drop, ev["gate"].gate_on)
     first = base_entries[next(iter(artifacts))]
-    return {
+    report = {
         "schema_version": REPORT_SCHEMA_VERSION,
+        "files": sorted(set(files) | RESULT_NAMES),
         "tools": tool_versions(),
         "model": {"source": loaded.source, "kind": loaded.kind, "name": loaded.name,
                   "input_shape": list(shape)},
@@ -110,6 +121,10 @@ def build_report(rec: Recipe, passes: list[PassRecord], loaded: LoadedModel, sha
                    for p in passes],
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
+    notes: list[dict[str, str]] = []
+    report = _strict(report, "", notes)
+    report["non_finite"] = notes
+    return report
 
 
 def judge(entries: list[dict[str, Any]], metric: str, max_drop: float | None, gate_on: str) -> dict[str, Any]:
@@ -136,10 +151,24 @@ def judge(entries: list[dict[str, Any]], metric: str, max_drop: float | None, ga
             "targets": per}
 
 
-def _jsonable(v: Any) -> Any:
-    """Strict JSON: infinite floats become strings, tuples lists, other objects their str()."""
+def _strict(v: Any, path: str, notes: list[dict[str, str]]) -> Any:
+    """Strict JSON (JavaScript's JSON.parse rejects NaN and Infinity): a non-finite number becomes
+    null, and `notes` gets its path, value and why it could be so."""
     if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
+        key, value = path.rsplit(".", 1)[-1], str(v)
+        reason = next((r for (k, val), r in NON_FINITE_REASONS.items() if k in key and val == value),
+                      NON_FINITE_DEFAULT[value])
+        notes.append({"path": path, "value": value, "reason": reason})
+        return None
+    if isinstance(v, dict):
+        return {k: _strict(x, f"{path}.{k}" if path else k, notes) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict(x, f"{path}.{i}", notes) for i, x in enumerate(v)]
+    return v
+
+
+def _jsonable(v: Any) -> Any:
+    """JSON types: tuples become lists, other objects their str(); floats stay (see `_strict`)."""
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -160,10 +189,12 @@ def resolved_recipe(rec: Recipe, passes: list[PassRecord], data: dict[str, Any])
 
 def write_report(folder: Path, rec: Recipe, passes: list[PassRecord], loaded: LoadedModel,
                  shape: tuple[int, ...], ev: dict[str, Any], baselines: dict[str, Artifact],
-                 artifacts: dict[str, Artifact], timings: dict[str, float], data: dict[str, Any]) -> dict[str, Any]:
-    """Write report.json, report.md, report.html, pareto.png and recipe.yaml into `folder`."""
-    report = build_report(rec, passes, loaded, shape, ev, baselines, artifacts, timings, data)
-    (folder / "report.json").write_text(json.dumps(report, indent=2))
+                 artifacts: dict[str, Artifact], timings: dict[str, float], data: dict[str, Any],
+                 files: list[str]) -> dict[str, Any]:
+    """Write report.json, report.md, report.html, pareto.png and recipe.yaml into `folder`;
+    `files` are the artifacts already there (the report lists every file of the run)."""
+    report = build_report(rec, passes, loaded, shape, ev, baselines, artifacts, timings, data, files)
+    (folder / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     plot_pareto(report, folder / "pareto.png")
     (folder / "report.md").write_text(render_markdown(report))
     (folder / "report.html").write_text(render_html(report, (folder / "pareto.png").read_bytes()))
