@@ -6,7 +6,9 @@ matmuls took 130 ms at batch 1 where the float ones take 98. `vpdpbusd` multipli
 and accumulates into 16 int32 lanes in one instruction (TVM's `dot_16x4_vnni` intrinsic).
 
 `vnni_matmuls` rewrites, in the imported relax module, every `matmul(int8/uint8 A, constant int8 B)`
-into a call of `vnni_matmul`, whose weight is packed once at compile time as [N/16, K/4, 16·4] (the
+(B may also come as uint8 with a scalar zero point, B − zero in int8 range: the integer ViT's
+ONNX stores its weights so, for ONNX Runtime's exact uint8 × uint8 GEMM) into a call of
+`vnni_matmul`, whose weight is packed once at compile time as [N/16, K/4, 16·4] (the
 instruction's operand), K zero-padded to whole quads and N to whole vectors. The instruction wants
 unsigned activations: a signed A is shifted to A + 128 (uint8), and zero point · Σ_k B[k, n] is
 subtracted afterwards, exact in int32. `schedule_vnni_matmul` tiles it (rows x
@@ -44,19 +46,28 @@ def vnni_matmuls(mod: Any) -> Any:
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-    a, b, zero = wildcard(), wildcard(), is_const()
-    # MatMulInteger with a zero point for A imports as (astype(A) - astype(zero)) · astype(B)
+    a, b, zero, b_zero = wildcard(), wildcard(), is_const(), is_const()
+    # MatMulInteger with a zero point for A imports as (astype(A) - astype(zero)) · astype(B), and B's alike
     shifted = is_op("relax.subtract")(is_op("relax.astype")(a), is_op("relax.astype")(zero))
-    pattern = is_op("relax.matmul")(is_op("relax.astype")(a) | shifted, is_op("relax.astype")(b))
+    b_shifted = is_op("relax.subtract")(is_op("relax.astype")(b), is_op("relax.astype")(b_zero))
+    pattern = is_op("relax.matmul")(is_op("relax.astype")(a) | shifted, is_op("relax.astype")(b) | b_shifted)
     builder = relax.BlockBuilder(mod)
     kernels: dict[tuple, Any] = {}
 
     def rewrite(call: Any, matches: dict) -> Any:
         lhs, rhs = matches[a], matches[b]
         shape, rhs_shape = [int(d) for d in lhs.ty.shape], [int(d) for d in rhs.ty.shape]
-        if (str(call.ty.dtype) != "int32" or str(lhs.ty.dtype) not in ("int8", "uint8") or str(rhs.ty.dtype) != "int8"
+        if (str(call.ty.dtype) != "int32" or str(lhs.ty.dtype) not in ("int8", "uint8")
+                or str(rhs.ty.dtype) not in ("int8", "uint8")
                 or (zero in matches and matches[zero].value.numpy().size != 1) or len(shape) < 2
                 or not isinstance(rhs, tvm.ir.expr.Constant) or len(rhs_shape) != 2 or rhs_shape[0] != shape[-1]):
+            return call
+        weight = rhs.value.numpy().astype(np.int32)
+        if b_zero in matches:
+            if matches[b_zero].value.numpy().size != 1:
+                return call
+            weight = weight - int(matches[b_zero].value.numpy())
+        if weight.min() < -128 or weight.max() > 127:
             return call
         *batch, m, k = shape
         n = rhs_shape[-1]
@@ -73,7 +84,7 @@ def vnni_matmuls(mod: Any) -> Any:
             lhs = relax.op.reshape(lhs, [bt, m, k])
         if kp != k:  # zero bytes add nothing to the dot products
             lhs = relax.op.nn.pad(lhs, [0, 0, 0, 0, 0, kp - k], pad_value=0)
-        weight = rhs.value.numpy()
+        weight = weight.astype(np.int8)
         packed = relax.const(pack_weight(np.pad(weight, [(0, kp - k), (0, np_ - n)])))
         colsum = relax.const(offset * weight.astype(np.int32).sum(0))
         y = relax.call_tir(kernels[key], [lhs, packed], relax.TensorType([bt, m, np_], "int32"))

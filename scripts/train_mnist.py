@@ -72,6 +72,16 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
     return padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
 
 
+def deterministic_torch(threads: int = 2) -> None:
+    """Seeded, deterministic kernels, a fixed thread count: a rerun reproduces the checkpoint."""
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    # Deterministic mode NaN-fills every torch.empty; we never read uninitialized
+    # memory, and the fills cost a large share of these tiny models' step time.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
 @torch.no_grad()
 def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy in percent, rounded to 2 decimals so it is reproducible as recorded."""
@@ -80,24 +90,28 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return round(100.0 * (pred == y).float().mean().item(), 2)
 
 
-def train(model: nn.Module, recipe: Recipe, x: torch.Tensor, y: torch.Tensor) -> None:
-    """AdamW with linear warmup then cosine decay to zero, stepped per batch."""
-    gen = torch.Generator().manual_seed(0)
+def adamw_warmup_cosine(model: nn.Module, lr: float, weight_decay: float, total: int, warmup: int
+                        ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW (no decay on biases, norms and embeddings' 1-D params) with linear warmup then cosine
+    decay to zero over `total` steps, stepped per batch."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr,
-    )
-    steps_per_epoch = math.ceil(len(y) / recipe.batch_size)
-    total, warmup = recipe.epochs * steps_per_epoch, recipe.warmup_epochs * steps_per_epoch
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
     def lr_factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+
+
+def train(model: nn.Module, recipe: Recipe, x: torch.Tensor, y: torch.Tensor) -> None:
+    gen = torch.Generator().manual_seed(0)
+    steps_per_epoch = math.ceil(len(y) / recipe.batch_size)
+    opt, sched = adamw_warmup_cosine(model, recipe.lr, recipe.weight_decay, recipe.epochs * steps_per_epoch,
+                                     recipe.warmup_epochs * steps_per_epoch)
     model.train()
     for _ in range(recipe.epochs):
         perm = torch.randperm(len(y), generator=gen)
@@ -143,12 +157,7 @@ def main() -> None:
     parser.add_argument("--only", choices=[r.preset for r in RECIPES], help="train just this preset")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
-    # Deterministic mode NaN-fills every torch.empty; we never read uninitialized
-    # memory, and the fills cost a large share of these tiny models' step time.
-    torch.utils.deterministic.fill_uninitialized_memory = False
+    deterministic_torch()
 
     splits = mnist_split()
     x_train, y_train = to_tensor(splits["train"][0]), torch.from_numpy(splits["train"][1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -70,3 +71,14 @@ def mnist_vit() -> tuple[torch.nn.Module, DataSource, torch.Tensor, torch.Tensor
     spec = Preprocess(**ckpt["preprocess"])
     x, y = map(torch.cat, zip(*open_source(ROOT / "calibration_data/mnist/test", spec).batches(1000), strict=True))
     return model.eval(), open_source(ROOT / "calibration_data/mnist/calib", spec), x, y
+
+
+@pytest.fixture(scope="session")
+def digits224() -> Path:
+    """calibration_data/digits224 (generated, not committed): written here if `make install` did not."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_data import write_digits224
+
+    out = ROOT / "calibration_data" / "digits224"
+    write_digits224(out)
+    return out

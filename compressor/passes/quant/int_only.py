@@ -59,10 +59,11 @@ from compressor.passes.quant.intonly.arith import dyadic
 from compressor.passes.quant.intonly.layernorm import output_scale
 from compressor.passes.quant.intonly.requant import int_range
 from compressor.passes.quant.intonly.shiftgelu import MAX_N, gelu_x0
-from compressor.passes.quant.intonly.shiftmax import shift_exp_n
+from compressor.passes.quant.intonly.shiftmax import normalizer_bits, shift_exp_n
 from compressor.passes.quant.observers import MinMaxObserver
 
 aten = torch.ops.aten
+WIDE_SOFTMAX_BITS = 17  # Int.bits of a 16-bit Shiftmax output: 0..2^15 inclusive
 NEEDS_8BIT = {aten.linear.default, aten.matmul.default, aten.softmax.int, aten._softmax.default, aten.gelu.default,
               aten.conv2d.default}
 
@@ -70,7 +71,8 @@ NEEDS_8BIT = {aten.linear.default, aten.matmul.default, aten.softmax.int, aten._
 class IntOnlyParams(PassParams):
     w_bits: Literal[8, 4] = 8
     residual_bits: int = Field(16, ge=8, le=16, description="I-ViT keeps the residual stream at 16 bits")
-    softmax_bits: int = Field(8, ge=2, le=8, description="Shiftmax output; 1.0 ↔ 2^(bits−1), fits uint8")
+    softmax_bits: Literal[8, 16] = Field(8, description="Shiftmax output, 1.0 ↔ 2^(bits−1): 8 feeds attn·v as uint8, "
+                                                        "16 (I-ViT's ViT) as two byte planes")
     calib_images: int = Field(256, ge=1)
     finetune_steps: int = Field(0, ge=0, description="STE fine-tune of the weight codes (I-ViT itself is QAT)")
     finetune_lr: float = Field(0.01, gt=0, description="Adam step, in units of one weight code")
@@ -239,7 +241,7 @@ class Lowering:
     def lower_layer_norm(self, n: fx.Node) -> Int:
         x_node, shape, weight, bias, _eps = layer_norm_args(n)
         x = self.env[x_node]
-        if x.per_channel:
+        if x.per_channel or x.bits > self.p.residual_bits:
             x = self.requant(x, self.p.residual_bits, x_node)
         gamma = self.env[weight].value.double() if weight is not None else torch.ones(shape[-1], dtype=torch.float64)
         beta = self.env[bias].value.double() if bias is not None else torch.zeros_like(gamma)
@@ -252,9 +254,12 @@ class Lowering:
         return Int(node, out_scale.numpy(), 32, n)
 
     def lower_matmul(self, n: fx.Node) -> Int:
-        a = self.as_input(self.env[n.args[0]], 8, n.args[0])
+        a = self.env[n.args[0]]
+        wide = a.unsigned and a.bits == WIDE_SOFTMAX_BITS  # a 16-bit Shiftmax output enters attn·v as it is
+        if not wide:
+            a = self.as_input(a, 8, n.args[0])
         b = self.as_input(self.env[n.args[1]], 8, n.args[1])
-        return Int(self.call(INT_MATMUL, a.node, b.node, a.unsigned), a.scale * b.scale, 32, n)
+        return Int(self.call(INT_MATMUL, a.node, b.node, a.unsigned, wide), a.scale * b.scale, 32, n)
 
     def lower_scale(self, n: fx.Node) -> Int:
         x, c = self.env[n.args[0]], n.args[1]
@@ -272,7 +277,7 @@ class Lowering:
                                   "Shiftmax works on the last axis.")
         x0 = math.floor(-1.0 / float(x.scale))
         bits = self.p.softmax_bits
-        node = self.call(SHIFTMAX, x.node, x0, shift_exp_n(x0, int(shape[-1])), bits)
+        node = self.call(SHIFTMAX, x.node, x0, normalizer_bits(x0, int(shape[-1])), bits)
         return Int(node, np.array(2.0 ** -(bits - 1)), bits + 1, n, unsigned=True)
 
     def lower_gelu(self, n: fx.Node) -> Int:
@@ -449,7 +454,7 @@ def _smooth_layernorm(x: torch.Tensor, bias: torch.Tensor, c: int) -> torch.Tens
 SMOOTH: dict[Any, Callable[..., torch.Tensor]] = {
     REQUANTIZE: lambda x, m, e, lo, hi: torch.clamp(x * m * 2.0**-e, lo, hi),
     INT_ADD: lambda x, mx, ex, y, my, ey, lo, hi: torch.clamp(x * mx * 2.0**-ex + y * my * 2.0**-ey, lo, hi),
-    SHIFTMAX: lambda x, x0, n, bits: torch.softmax(x / -x0, -1) * 2.0 ** (bits - 1),
+    SHIFTMAX: lambda x, x0, k, bits: torch.softmax(x / -x0, -1) * 2.0 ** (bits - 1),
     SHIFTGELU: lambda x, x0, n, bits: x * torch.sigmoid(x / -x0) * 2.0 ** (bits - 1),
     I_LAYERNORM: _smooth_layernorm,
 }

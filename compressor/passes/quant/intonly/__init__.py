@@ -40,7 +40,7 @@ SIMULATIONS = {
     INT_ADD: lambda *args: int_add_kernel(TORCH, *args),
     DEQUANTIZE_OUTPUT: lambda x, scale: x.float() * scale,
     INT_LINEAR: int_linear_kernel,
-    INT_MATMUL: lambda a, b, a_unsigned: a @ b,
+    INT_MATMUL: lambda a, b, a_unsigned, a_wide: a @ b,
     SHIFTMAX: lambda x, x0, n, bits: shiftmax_kernel(TORCH, x, x0, n, bits),
     SHIFTGELU: lambda x, x0, n, bits: shiftgelu_kernel(TORCH, x, x0, n, bits),
     I_LAYERNORM: lambda x, bias, c: i_layernorm_kernel(TORCH, x, bias, c),
