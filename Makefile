@@ -9,13 +9,10 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,tvm,coreml,executorch,efficientnet]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,tvm,coreml,executorch,openvino,efficientnet]'
 	touch $@
 
-# vit_digits224.pt's calibration and test images are generated, not committed (~100 MB of PNGs);
-# the script keeps a folder that is already there and current.
 install: $(VENV)/.installed
-	$(PY) scripts/make_data.py --only digits224
 
 demo: install
 	$(VENV)/bin/compress vit_mnist.pt --recipe int8-ptq -o out/
