@@ -46,9 +46,12 @@ from compressor.eval.metrics import Runner, torch_runner  # noqa: E402
 from compressor.io import load_model, load_module  # noqa: E402
 from compressor.progress import Progress  # noqa: E402
 from compressor.recipe import BenchSpec, list_recipes, load_recipe  # noqa: E402
+from exporters.base import Artifact  # noqa: E402
 from exporters.onnx import OnnxArtifact  # noqa: E402
 
 REFERENCE = Path(__file__).with_name("conformance_reference.yaml")
+#: targets whose runtime runs on this machine class (TensorRT and CoreML are exported, never timed, here)
+RUNS_HERE = ("onnx", "executorch", "torch", "openvino")
 METRICS = ("agreement", "confident", "top5", "top1")
 CALIB_CROPS, EVAL_CROPS = 128, 600
 
@@ -95,7 +98,7 @@ MODELS = {
 @dataclass
 class Row:
     model: str
-    artifact: str  # recipe/target, peer name or "float (ORT)"
+    artifact: str  # recipe/target, peer name (ONNX Runtime) or "float (target)"
     runner: str | None = None  # key of its runner in the interleaved timing
     metrics: dict[str, float | None] = field(default_factory=dict)
     latency: dict[int, float] = field(default_factory=dict)
@@ -125,19 +128,25 @@ def run_model(m: Model, recipes: list[str] | None, with_peers: bool, work: Path,
     rows: list[Row] = []
     runners: dict[str, Runner] = {}
     for recipe in names:
-        rec = load_recipe(recipe).model_copy(update={"benchmark": _quick_bench(), "export": ["onnx"]})
+        rec = load_recipe(recipe)
+        targets = sorted({"onnx", *(t for t in rec.export if t in RUNS_HERE)})
+        rec = rec.model_copy(update={"benchmark": _quick_bench(), "export": targets})
         start = time.perf_counter()
         try:
             res = compressor.compress(module, recipe=rec, calib=calib, eval_data=evaluation, out_dir=work / recipe,
                                       progress=bar)
         except CompressorError as e:
-            rows.append(Row(m.name, recipe, note="refused: " + " ".join(str(e).split())[:160]))
+            rows.append(Row(m.name, recipe, note="refused: " + " ".join(str(e).split())[:200]))
             continue
-        if not runners:  # every recipe exports the same float baseline; the first one's is timed
-            rows.append(_row(m.name, "float (ORT)", res.out_dir / "baseline.onnx", evaluation, ref, bar, runners))
-        row = _row(m.name, f"{recipe}/onnx", res.artifacts["onnx"].path, evaluation, ref, bar, runners)
-        row.note = f"{time.perf_counter() - start:.0f} s; {res.report['artifacts'][0]['status']}"
-        rows.append(row)
+        seconds = time.perf_counter() - start
+        for target, art in sorted(res.artifacts.items()):
+            base = type(art)(target, res.out_dir / res.report["baselines"][target]["path"], "fp32", dict(art.meta))
+            if f"{m.name}/float ({target})" not in runners:  # every recipe's float baseline is the same model
+                rows.append(_row(m.name, f"float ({target})", base, evaluation, ref, bar, runners))
+            row = _row(m.name, f"{recipe}/{target}", art, evaluation, ref, bar, runners)
+            status = next(a["status"] for a in res.report["artifacts"] if a["target"] == target)
+            row.note = f"{seconds:.0f} s; {status}"
+            rows.append(row)
         if recipe == "int8-ptq" and with_peers:
             rows += _peers(m.name, res.out_dir / "baseline.onnx", calib, evaluation, ref, work, bar, runners)
     if runners:
@@ -161,36 +170,44 @@ def _peers(model: str, baseline: Path, calib: DataSource, evaluation: DataSource
         except Exception as e:  # a peer's own failure is a row, not the suite's end
             rows.append(Row(model, peer, note=f"failed: {type(e).__name__}: {str(e)[:120]}"))
             continue
-        row = _row(model, peer, path, evaluation, ref, bar, runners)
+        row = _row(model, peer, OnnxArtifact("onnx", path, "int8"), evaluation, ref, bar, runners)
         row.note = f"{time.perf_counter() - start:.0f} s"
         rows.append(row)
     return rows
 
 
-def _row(model: str, name: str, path: Path, data: DataSource, ref: Outputs, bar: Progress,
+def _row(model: str, name: str, art: Artifact, data: DataSource, ref: Outputs, bar: Progress,
          runners: dict[str, Runner]) -> Row:
-    """Accuracy of the ONNX file at `path` in ONNX Runtime, and its runner registered for timing."""
+    """Accuracy of the artifact in its runtime, and its runner registered for timing."""
     key = f"{model}/{name}"
-    run = runners[key] = OnnxArtifact("onnx", path, name).runner(2)
+    run = runners[key] = art.runner(2)
     out = collect(run, data, 64, bar, name)
-    return Row(model, name, key, _scores(out, ref), size_mb=path.stat().st_size / 1e6)
+    return Row(model, name, key, _scores(out, ref), size_mb=art.size_bytes / 1e6)
 
 
 # -- reporting ---------------------------------------------------------------------------------------
 def table(rows: list[Row], batches: list[int]) -> list[str]:
     from compressor.report.render import markdown_table
 
-    floats = {r.model: r.latency for r in rows if r.artifact == "float (ORT)"}
+    floats = {(r.model, r.artifact[7:-1]): r.latency for r in rows if r.artifact.startswith("float (")}
     header = ["model", "artifact", "agreement %", "confident %", "top-5 %", "top-1 %",
               *(f"b{b} ms" for b in batches), *(f"b{b} vs float" for b in batches), "MB", "note"]
     body = []
     for r in rows:
         cells = [r.model, r.artifact] + [_f(r.metrics.get(k)) for k in METRICS]
         cells += [_f(r.latency.get(b)) for b in batches]
-        cells += [_f(r.latency[b] / floats[r.model][b], ".2f") + "x" if r.latency.get(b) and floats.get(r.model)
-                  else "-" for b in batches]
+        base = floats.get((r.model, _target(r)), {})
+        cells += [_f(r.latency[b] / base[b], ".2f") + "x" if r.latency.get(b) and base.get(b) else "-"
+                  for b in batches]
         body.append([*cells, _f(r.size_mb), r.note])
     return markdown_table(header, body)
+
+
+def _target(r: Row) -> str:
+    """The runtime a row ran in: `recipe/target`, `float (target)`, or a peer (ONNX Runtime)."""
+    if r.artifact.startswith("float ("):
+        return r.artifact[len("float ("):-1]
+    return r.artifact.split("/")[-1] if "/" in r.artifact else "onnx"
 
 
 def _f(v: float | None, fmt: str = ".2f") -> str:
@@ -258,7 +275,8 @@ def main() -> None:
         for name in args.models.split(","):
             recipes = args.recipes.split(",") if args.recipes else None
             rows += run_model(MODELS[name], recipes, not args.no_peers, Path(tmp) / name, batches, bar)
-    text = "\n".join([f"CPU: {cpu_flags()}; 2 threads; ONNX Runtime, artifacts timed interleaved", "",
+    text = "\n".join([f"CPU: {cpu_flags()}; 2 threads; every artifact in its runtime, all timed interleaved; "
+                      "'vs float' is against the same runtime's float artifact", "",
                       *table(rows, batches)]) + "\n"
     print(text)
     if args.md:

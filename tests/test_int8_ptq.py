@@ -71,6 +71,26 @@ def test_int8_activations_are_symmetric(vit_tiny, mnist_calib_tensor):
     assert {a["zero_point"] for a in record.summary["activations"]} == {0}
 
 
+def _attention_zero_points(g: Graph) -> list[int]:
+    """Zero points of the operands of activation x activation matmuls (q·kᵀ, softmax·v); quantized
+    Linears are matmuls too here, with a weight operand."""
+    def zp(a):
+        return int(g.attr(a.args[0].args[2])) if a.target is DEQUANTIZE and a.args[0].target is QUANTIZE else None
+
+    return [zp(a) for n in g.find("matmul") if all(zp(a) is not None for a in n.args[:2]) for a in n.args[:2]]
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
+def test_attention_operands_have_zero_point_zero(vit_tiny, mnist_calib_tensor, observer):
+    """OpenVINO runs an activation x activation MatMul in int8 only without zero points: q, kᵀ and v are
+    int8 symmetric, the softmax output uint8 from 0; the other activations keep their zero points."""
+    g, record = _quantize(vit_tiny, mnist_calib_tensor, activation_observer=observer)
+    assert _attention_zero_points(g) == [0] * 8  # 2 blocks x 2 matmuls x 2 operands
+    assert any(a["zero_point"] != 0 for a in record.summary["activations"])  # the rest stay asymmetric uint8
+    asym, _ = _quantize(vit_tiny, mnist_calib_tensor, activation_observer=observer, symmetric_attention=False)
+    assert any(z != 0 for z in _attention_zero_points(asym))
+
+
 def test_skip_and_attention_switch(vit_tiny, mnist_calib_tensor):
     g, record = _quantize(vit_tiny, mnist_calib_tensor, skip=["head", "blocks.1.*"], quantize_attention=False)
     assert record.summary["quantized_ops"] == {"conv": 1, "linear": 4}

@@ -12,7 +12,10 @@ A fine-tune on a pretrained model must never make it worse: a fifth of the calib
 is held out, the state is scored every `eval_every` steps by top-1 agreement with the teacher on
 them (ties broken by the distillation loss), and the best state seen, the starting one included,
 is what the pass returns. The learning rate warms up linearly and decays with a cosine, at a
-fine-tuning rate: 5e-4 made EfficientNet-Lite0's distillation diverge (loss 0 → 0.58).
+fine-tuning rate: 5e-4 made EfficientNet-Lite0's distillation diverge (loss 0 → 0.58). When even
+the best state's held-out agreement is below `min_agreement` beyond the noise of those few images
+(the upper end of its 95 % interval), the run stops with the numbers: on a pretrained ImageNet CNN, a few hundred images cannot recover
+50 % sparsity (block50 ended at 40 % agreement), and a recipe must say so rather than ship that.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from compressor.errors import CompressorError
+from compressor.eval import wilson_interval
 from compressor.graph.graph import Graph
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.gradients import trainable
@@ -44,6 +48,10 @@ class DistillParams(PassParams):
     holdout: float = Field(0.2, gt=0, lt=1, description="fraction of calibration images kept out of training to "
                                                          "pick the best state")
     eval_every: int = Field(25, ge=1, description="steps between scorings of the held-out images")
+    min_agreement: float | None = Field(
+        95.0, ge=0, le=100, description="held-out top-1 agreement with the original model (%) that the upper end of "
+                                        "its 95 % interval must reach, else the pass stops the run instead of "
+                                        "returning a broken model; null keeps any result")
 
 
 def trainable_tensors(graph: Graph) -> list[torch.Tensor]:
@@ -112,8 +120,19 @@ class Distill(Pass):
         with torch.no_grad():
             for t, kept in zip(tensors, best_state, strict=True):
                 t.copy_(kept)
+        held_n = sum(len(x) for x, _ in held)
+        upper = wilson_interval(round(best[0] * held_n / 100), held_n)[1]
+        if p.min_agreement is not None and upper < p.min_agreement:
+            raise CompressorError(
+                f"finetune.distill: after {p.steps} steps on {sum(len(x) for x, _ in train)} calibration images the "
+                f"compressed model agrees with the original on {best[0]:.1f} % of {held_n} held-out images (95 % "
+                f"interval up to {upper:.1f} %, below min_agreement {p.min_agreement:g}; {start[0]:.1f} % before "
+                "fine-tuning): the earlier passes changed "
+                "this model more than distillation on this data recovers. Give more calibration images (--calib, "
+                "--calib-size), more steps, or a milder pass (lower sparsity); a quantization recipe (int8-ptq) "
+                "needs no training. finetune.distill's min_agreement: null keeps the model anyway.")
         tail = max(1, len(losses) // 10)
-        return {"steps": p.steps, "images": sum(len(x) for x, _ in train), "held_out": sum(len(x) for x, _ in held),
+        return {"steps": p.steps, "images": sum(len(x) for x, _ in train), "held_out": held_n,
                 "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-tail:]) / tail, 5),
                 "best_step": best_step, "held_out_agreement_before": start[0], "held_out_agreement_after": best[0],
                 "teacher_agreement_before": before, "teacher_agreement_after": _agreement(graph, batches)}

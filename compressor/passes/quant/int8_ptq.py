@@ -72,6 +72,9 @@ class Int8PTQParams(PassParams):
     quantize_linear: bool = True
     quantize_conv: bool = True
     quantize_attention: bool = Field(True, description="quantize both operands of q·kᵀ and softmax·v")
+    symmetric_attention: bool = Field(
+        True, description="attention matmul operands get zero point 0 (int8 symmetric; uint8 from 0 when never "
+                          "negative, as softmax): OpenVINO runs activation x activation matmuls in int8 only so")
     quantize_conv_output: bool = Field(
         True, description="quantize Conv outputs (after the activation that follows: a clamp's range bounds its "
                           "quantizer) so runtimes fuse an int8 Conv")
@@ -116,9 +119,11 @@ class Int8PTQ(Pass):
         views = _views_of(targets, list(_output_points(targets, ["linear"]))) if p.quantize_linear_output else {}
         inputs = [(node, [i for i in pos if (node, i) not in views and (node, i) not in padded])
                   for node, pos in targets]
+        symmetric = {node.args[i] for node, pos in inputs if is_kind(node, "matmul") for i in pos} \
+            if p.symmetric_attention else set()
         observers = insert_observers(graph, inputs, self._make_observer, outputs)
         calibrate(graph, ctx)
-        act_params = self._insert_activation_qdq(graph, observers, limits)
+        act_params = self._insert_activation_qdq(graph, observers, limits, symmetric)
         act_params += _requantize_views(graph, views)
         layers = [self._quantize_weight(graph, node) for node, _ in targets if _weight_arg(graph, node)]
         graph.drop_unused_attrs()
@@ -155,24 +160,28 @@ class Int8PTQ(Pass):
         return HistogramObserver(self.params.histogram_bins)
 
     # -- rewriting ----------------------------------------------------------------------------
-    def _activation_range(self, obs: MinMaxObserver) -> tuple[float, float]:
+    def _activation_range(self, obs: MinMaxObserver, symmetric: bool) -> tuple[float, float]:
+        """The clipping range; a symmetric (zero point 0) int8 grid needs it centred on zero."""
         p = self.params
-        if isinstance(obs, HistogramObserver):
-            if p.activation_observer == "percentile":
-                return obs.percentile_range(p.percentile)
-            return obs.mse_range(256, symmetric=p.activation_dtype == "int8")
-        return obs.range()
+        if isinstance(obs, HistogramObserver) and p.activation_observer == "mse":
+            return obs.mse_range(256, symmetric=symmetric)
+        lo, hi = obs.percentile_range(p.percentile) if isinstance(obs, HistogramObserver) else obs.range()
+        return (-max(-lo, hi), max(-lo, hi)) if symmetric else (lo, hi)
 
     def _insert_activation_qdq(self, graph: Graph, observed: dict[fx.Node, fx.Node],
-                               limits: dict[fx.Node, tuple[float, float] | None]) -> list[dict[str, Any]]:
+                               limits: dict[fx.Node, tuple[float, float] | None],
+                               zero_point_free: set[fx.Node]) -> list[dict[str, Any]]:
         """Q/DQ after each observed tensor; a clamping activation's output stays inside its clamp range,
         so the grid wastes no levels and the runtime may drop the clamp (ONNX Runtime's ClipQuantFusion
-        removes a Clip when the quantizer's whole range lies within it)."""
-        dtype = torch.uint8 if self.params.activation_dtype == "uint8" else torch.int8
+        removes a Clip when the quantizer's whole range lies within it). Tensors in `zero_point_free` get
+        zero point 0: int8 symmetric, or uint8 from 0 when calibration never saw a negative value."""
         records = []
         for src, obs_node in observed.items():
             obs = observer_of(graph, obs_node)
-            lo, hi = self._activation_range(obs)
+            dtype = torch.uint8 if self.params.activation_dtype == "uint8" else torch.int8
+            if src in zero_point_free:
+                dtype = torch.uint8 if obs.lo >= 0 else torch.int8
+            lo, hi = self._activation_range(obs, symmetric=dtype == torch.int8)
             clamp = limits.get(src)
             if clamp is not None:
                 lo, hi = max(lo, clamp[0]), min(hi, clamp[1])
