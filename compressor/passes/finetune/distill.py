@@ -14,8 +14,9 @@ them (ties broken by the distillation loss), and the best state seen, the starti
 is what the pass returns. The learning rate warms up linearly and decays with a cosine, at a
 fine-tuning rate: 5e-4 made EfficientNet-Lite0's distillation diverge (loss 0 → 0.58). When even
 the best state's held-out agreement is below `min_agreement` beyond the noise of those few images
-(the upper end of its 95 % interval), the run stops with the numbers: on a pretrained ImageNet CNN, a few hundred images cannot recover
-50 % sparsity (block50 ended at 40 % agreement), and a recipe must say so rather than ship that.
+(the upper end of its 95 % interval), the run stops with the numbers: on a pretrained ImageNet
+CNN, a few hundred images cannot recover 50 % sparsity (block50 ended at 40 % agreement), and a
+recipe must say so rather than ship that.
 """
 
 from __future__ import annotations
