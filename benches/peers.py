@@ -41,7 +41,9 @@ def ort_quantize_static(method: str, op_types: Sequence[str] | None = None) -> P
 
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
-                self.batches: Iterator[np.ndarray] = iter(calib)
+                # one image per call: the Percentile and Entropy calibrators stack the outputs of all
+                # calls into one array, which fails on a shorter last batch
+                self.batches: Iterator[np.ndarray] = (x[i:i + 1] for x in calib for i in range(len(x)))
 
             def get_next(self) -> dict[str, np.ndarray] | None:
                 x = next(self.batches, None)

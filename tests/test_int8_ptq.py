@@ -84,10 +84,10 @@ def _attention_zero_points(g: Graph) -> list[int]:
 def test_attention_operands_have_zero_point_zero(vit_tiny, mnist_calib_tensor, observer):
     """OpenVINO runs an activation x activation MatMul in int8 only without zero points: q, kᵀ and v are
     int8 symmetric, the softmax output uint8 from 0; the other activations keep their zero points."""
-    g, record = _quantize(vit_tiny, mnist_calib_tensor, activation_observer=observer)
+    g, record = _quantize(vit_tiny, mnist_calib_tensor, activation_observer=observer, symmetric_attention=True)
     assert _attention_zero_points(g) == [0] * 8  # 2 blocks x 2 matmuls x 2 operands
     assert any(a["zero_point"] != 0 for a in record.summary["activations"])  # the rest stay asymmetric uint8
-    asym, _ = _quantize(vit_tiny, mnist_calib_tensor, activation_observer=observer, symmetric_attention=False)
+    asym, _ = _quantize(vit_tiny, mnist_calib_tensor, activation_observer=observer)  # the default
     assert any(z != 0 for z in _attention_zero_points(asym))
 
 

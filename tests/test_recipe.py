@@ -16,7 +16,8 @@ def _write(tmp_path, text):
 
 def test_bundled_recipe_loads_with_defaults():
     r = load_recipe("int8-ptq")
-    assert [p.name for p in r.passes] == ["reparam.fold_bn", "quant.int8_ptq"] and r.export == ["onnx"]
+    assert [p.name for p in r.passes] == ["reparam.fold_bn", "quant.int8_ptq", "quant.bias_correction"]
+    assert r.export == ["onnx"]
     d = r.to_yaml_dict()
     assert d["passes"][1]["reduce_range"] == "auto" and d["passes"][1]["percentile"] == 99.99
     assert "int8-ptq" in list_recipes()

@@ -46,8 +46,10 @@ class BiasCorrection(Pass):
             raise CompressorError("quant.bias_correction found no quantized Conv/Linear with an int32 bias; run it "
                                   "after quant.int8_ptq in the recipe.")
         with ctx.limited(self.params.images):
-            images = torch.cat(list(ctx.calibration_batches()))
-        walk = _Lockstep(graph, images.split(self.params.batch_size))
+            batches = list(ctx.calibration_batches())
+        if not ctx.fixed_batch:  # a static-batch program runs only at the batch its calibration comes in
+            batches = list(torch.cat(batches).split(self.params.batch_size))
+        walk = _Lockstep(graph, batches)
         records = []
         for out, bias_dq in ctx.progress.track(layers, "bias correction", total=len(layers)):
             shift = walk.mean_gap(out)
@@ -56,7 +58,7 @@ class BiasCorrection(Pass):
                             "mean_abs_shift": round(float(shift.abs().mean()), 6),
                             "max_abs_shift": round(float(shift.abs().max()), 6)})
         graph.recompile()
-        return {"corrected_layers": len(records), "images": len(images), "layers": records}
+        return {"corrected_layers": len(records), "images": sum(len(b) for b in batches), "layers": records}
 
 
 class _Lockstep:
