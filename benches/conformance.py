@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import compressor  # noqa: E402
+from benches.machine import cpu_line  # noqa: E402
 from benches.peers import peers  # noqa: E402
 from compressor.data import IMAGENET_MEAN, IMAGENET_STD, DataSource, Preprocess, open_source  # noqa: E402
 from compressor.errors import CompressorError  # noqa: E402
@@ -104,6 +104,7 @@ class Row:
     latency: dict[int, float] = field(default_factory=dict)
     size_mb: float | None = None
     note: str = ""
+    target: str = "onnx"  # the runtime it ran in
 
 
 def _quick_bench() -> BenchSpec:
@@ -182,32 +183,25 @@ def _row(model: str, name: str, art: Artifact, data: DataSource, ref: Outputs, b
     key = f"{model}/{name}"
     run = runners[key] = art.runner(2)
     out = collect(run, data, 64, bar, name)
-    return Row(model, name, key, _scores(out, ref), size_mb=art.size_bytes / 1e6)
+    return Row(model, name, key, _scores(out, ref), size_mb=art.size_bytes / 1e6, target=art.target)
 
 
 # -- reporting ---------------------------------------------------------------------------------------
 def table(rows: list[Row], batches: list[int]) -> list[str]:
     from compressor.report.render import markdown_table
 
-    floats = {(r.model, r.artifact[7:-1]): r.latency for r in rows if r.artifact.startswith("float (")}
+    floats = {(r.model, r.target): r.latency for r in rows if r.artifact.startswith("float (")}
     header = ["model", "artifact", "agreement %", "confident %", "top-5 %", "top-1 %",
               *(f"b{b} ms" for b in batches), *(f"b{b} vs float" for b in batches), "MB", "note"]
     body = []
     for r in rows:
         cells = [r.model, r.artifact] + [_f(r.metrics.get(k)) for k in METRICS]
         cells += [_f(r.latency.get(b)) for b in batches]
-        base = floats.get((r.model, _target(r)), {})
+        base = floats.get((r.model, r.target), {})
         cells += [_f(r.latency[b] / base[b], ".2f") + "x" if r.latency.get(b) and base.get(b) else "-"
                   for b in batches]
         body.append([*cells, _f(r.size_mb), r.note])
     return markdown_table(header, body)
-
-
-def _target(r: Row) -> str:
-    """The runtime a row ran in: `recipe/target`, `float (target)`, or a peer (ONNX Runtime)."""
-    if r.artifact.startswith("float ("):
-        return r.artifact[len("float ("):-1]
-    return r.artifact.split("/")[-1] if "/" in r.artifact else "onnx"
 
 
 def _f(v: float | None, fmt: str = ".2f") -> str:
@@ -245,17 +239,6 @@ def reference_from(rows: list[Row], tolerance: dict[str, float]) -> dict[str, An
     return ref
 
 
-def cpu_flags() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "lscpu unavailable"
-    info = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    flags = info.get("Flags", "").split()
-    wanted = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
-    return f"{info.get('Model name', '?').strip()}; {' '.join(wanted)}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
@@ -275,7 +258,7 @@ def main() -> None:
         for name in args.models.split(","):
             recipes = args.recipes.split(",") if args.recipes else None
             rows += run_model(MODELS[name], recipes, not args.no_peers, Path(tmp) / name, batches, bar)
-    text = "\n".join([f"CPU: {cpu_flags()}; 2 threads; every artifact in its runtime, all timed interleaved; "
+    text = "\n".join([f"{cpu_line(2)}; every artifact in its runtime, all timed interleaved; "
                       "'vs float' is against the same runtime's float artifact", "",
                       *table(rows, batches)]) + "\n"
     print(text)

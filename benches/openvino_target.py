@@ -18,8 +18,6 @@ model, ONNX Runtime's optimized graph). The CPU's flags and the machine's load p
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import peers_openvino as peers
 import torch
+from machine import cpu_line
 
 from compressor import zoo
 from compressor.data import IMAGENET_MEAN, IMAGENET_STD, DataSource, Preprocess
@@ -45,18 +44,6 @@ from exporters.onnx import OnnxArtifact
 THREADS = 2
 BATCHES = (1, 8)
 PRE = Preprocess(size=(224, 224), channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-
-
-def cpu_line() -> str:
-    """The CPU model and the flags int8/bf16 speed depends on, plus the load, for the table's caption."""
-    info = Path("/proc/cpuinfo").read_text(errors="ignore") if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                 platform.processor())
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"CPU: {model}, {os.cpu_count()} cores; flags: {' '.join(f for f in wanted if f in flags) or 'none'} "
-            f"(absent: {' '.join(f for f in wanted if f not in flags)}); load average {load}; {THREADS} threads")
 
 
 def build(name: str) -> torch.nn.Module:
@@ -181,13 +168,13 @@ def main() -> None:
         a, t = rows_for(name, args.calib, args.eval, args.min_seconds, args.runs, bar)
         acc += a
         lat += t
-    lines = [cpu_line(), "", "Accuracy: top-1 agreement with the float model [95% CI], top-5 containment, on "
+    lines = [cpu_line(THREADS), "", "Accuracy: top-1 agreement with the float model [95% CI], top-5 containment, on "
              f"{args.eval} photo crops; int8 GEMMs in the runtime's graph", "",
              *markdown_table(["model", "artifact", "agreement %", "top-5 %", "max |Δ| vs sim", "int8 GEMMs"], acc),
              "", f"Latency: median ms, {THREADS} threads, all artifacts of a model interleaved round by round", "",
              *markdown_table(["model", "artifact", *(f"b{b} ms" for b in BATCHES),
                               *(f"b{b} / OV fp32" for b in BATCHES), *(f"b{b} / best float" for b in BATCHES)], lat),
-             "", cpu_line()]
+             "", cpu_line(THREADS)]
     text = "\n".join(lines)
     print(text)
     if args.md:

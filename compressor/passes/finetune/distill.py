@@ -121,11 +121,11 @@ class Distill(Pass):
         with torch.no_grad():
             for t, kept in zip(tensors, best_state, strict=True):
                 t.copy_(kept)
-        held_n = sum(len(x) for x, _ in held)
+        train_n, held_n = sum(len(x) for x, _ in train), sum(len(x) for x, _ in held)
         upper = wilson_interval(round(best[0] * held_n / 100), held_n)[1]
         if p.min_agreement is not None and upper < p.min_agreement:
             raise CompressorError(
-                f"finetune.distill: after {p.steps} steps on {sum(len(x) for x, _ in train)} calibration images the "
+                f"finetune.distill: after {p.steps} steps on {train_n} calibration images the "
                 f"compressed model agrees with the original on {best[0]:.1f} % of {held_n} held-out images (95 % "
                 f"interval up to {upper:.1f} %, below min_agreement {p.min_agreement:g}; {start[0]:.1f} % before "
                 "fine-tuning): the earlier passes changed "
@@ -133,7 +133,7 @@ class Distill(Pass):
                 "--calib-size), more steps, or a milder pass (lower sparsity); a quantization recipe (int8-ptq) "
                 "needs no training. finetune.distill's min_agreement: null keeps the model anyway.")
         tail = max(1, len(losses) // 10)
-        return {"steps": p.steps, "images": sum(len(x) for x, _ in train), "held_out": held_n,
+        return {"steps": p.steps, "images": train_n, "held_out": held_n,
                 "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-tail:]) / tail, 5),
                 "best_step": best_step, "held_out_agreement_before": start[0], "held_out_agreement_after": best[0],
                 "teacher_agreement_before": before, "teacher_agreement_after": _agreement(graph, batches)}
