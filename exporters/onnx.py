@@ -76,21 +76,25 @@ class OnnxExporter(Exporter):
     Options: ClassVar[type[ExportOptions]] = OnnxOptions
 
     def export(self, graph: Graph, path: Path, precision: str) -> OnnxArtifact:
-        example = graph.example_inputs
-        batch = torch.export.Dim("batch", min=1, max=4096)
+        model, tables = to_onnx(graph, precision, self.options)  # type: ignore[arg-type]
         with atomic_path(path) as tmp:
-            program = _quiet_export(graph.gm, example, self.options.opset, ({0: batch},))
-            if program is None:  # the graph was captured with a static batch
-                program = _quiet_export(graph.gm, example, self.options.opset, None)
-            if program is None:
-                raise CompressorError(f"ONNX export of the {precision} graph failed; run with -v for the "
-                                      "exporter's log.")
-            model = program.model_proto
-            strip_debug_metadata(model)
-            tables = tabulate_bounded_chains(model) if self.options.tables else 0
             onnx.save(model, str(tmp))
             onnx.checker.check_model(str(tmp), full_check=True)
         return OnnxArtifact("onnx", path, precision, {"opset": self.options.opset, "tables": tables})
+
+
+def to_onnx(graph: Graph, precision: str, options: OnnxOptions) -> tuple[onnx.ModelProto, int]:
+    """(the graph as ONNX before any runtime's adaptation, element-wise chains tabulated): the one
+    quantized graph every ONNX-fed target (ORT, OpenVINO, TensorRT) adapts in its own way."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = _quiet_export(graph.gm, graph.example_inputs, options.opset, ({0: batch},))
+    if program is None:  # the graph was captured with a static batch
+        program = _quiet_export(graph.gm, graph.example_inputs, options.opset, None)
+    if program is None:
+        raise CompressorError(f"ONNX export of the {precision} graph failed; run with -v for the exporter's log.")
+    model = program.model_proto
+    strip_debug_metadata(model)
+    return model, tabulate_bounded_chains(model) if options.tables else 0
 
 
 def strip_debug_metadata(model: onnx.ModelProto) -> None:

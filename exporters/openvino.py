@@ -45,6 +45,7 @@ from pydantic import Field
 from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
 from exporters.base import Artifact, Exporter, ExportOptions, atomic_dir
+from exporters.onnx_index import OnnxIndex
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -96,12 +97,11 @@ class OpenVinoExporter(Exporter):
     def export(self, graph: Graph, path: Path, precision: str) -> OpenVinoArtifact:
         import openvino as ov
 
-        from exporters.onnx import OnnxExporter
+        from exporters.onnx import OnnxOptions, to_onnx
 
         opts: OpenVinoOptions = self.options  # type: ignore[assignment]
         with tempfile.TemporaryDirectory(prefix="openvino-export-") as tmp:
-            source = OnnxExporter().export(graph, Path(tmp) / "model.onnx", precision).path
-            model = onnx.load(str(source))
+            model = to_onnx(graph, precision, OnnxOptions())[0]
             rewrite = for_openvino(model)
             adapted = Path(tmp) / "adapted.onnx"
             onnx.save(model, str(adapted))
@@ -162,9 +162,7 @@ def conv_biases_as_add(model: onnx.ModelProto) -> int:
     tokens one or two codes off and DeiT-S agreement with the simulation at 70 % instead of 92 %.
     As a separate Add the bias is applied before the quantizer, as the simulation does (the same
     float sum)."""
-    from exporters.tensorrt import _Index
-
-    ix, split = _Index(model), 0
+    ix, split = OnnxIndex(model), 0
     nodes = list(model.graph.node)
     for conv in [n for n in nodes if n.op_type == "Conv" and len(n.input) > 2 and n.input[2]]:
         users = ix.consumers.get(conv.output[0], [])
@@ -204,9 +202,7 @@ def hoist_qdq_above_views(model: onnx.ModelProto) -> int:
 
 
 def _next_hoist(model: onnx.ModelProto) -> tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto] | None:
-    from exporters.tensorrt import _Index
-
-    ix = _Index(model)
+    ix = OnnxIndex(model)
     for q in model.graph.node:
         view = ix.producer.get(q.input[0]) if q.op_type == "QuantizeLinear" else None
         if view is None or view.op_type not in VIEW_OPS or not _per_tensor(ix, q):
@@ -225,9 +221,7 @@ def _per_tensor(ix: Any, q: onnx.NodeProto) -> bool:
 
 def graph_gemms(model: onnx.ModelProto) -> dict[str, int]:
     """Linears (MatMul/Gemm with a constant B), convs and activation × activation matmuls in the ONNX."""
-    from exporters.tensorrt import _Index
-
-    ix, counts = _Index(model), Counter()
+    ix, counts = OnnxIndex(model), Counter()
     for n in model.graph.node:
         if n.op_type == "Conv":
             counts["conv"] += 1

@@ -65,6 +65,7 @@ from pydantic import Field, model_validator
 from compressor.errors import CompressorError
 from compressor.eval.metrics import Runner
 from exporters.base import Artifact, Exporter, ExportOptions, atomic_dir, in_fixed_batches
+from exporters.onnx_index import OnnxIndex
 
 if TYPE_CHECKING:
     from compressor.graph import Graph
@@ -81,27 +82,6 @@ SHAPE = tuple[int, ...]
 
 
 # ---------------------------------------------------------------- the ONNX rewrite
-
-class _Index:
-    """Producers, consumers and initializers of a graph, rebuilt after each structural edit."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        g = model.graph
-        self.graph = g
-        self.init = {i.name: i for i in g.initializer}
-        self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in g.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-        self.outputs = {o.name for o in g.output}
-
-    def array(self, name: str) -> np.ndarray:
-        return numpy_helper.to_array(self.init[name])
-
-    def is_int_init(self, name: str, dtype: int) -> bool:
-        return name in self.init and self.init[name].data_type == dtype
-
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for a in node.attribute:
@@ -135,7 +115,7 @@ def _rewire(model: onnx.ModelProto, old: str, new: str) -> None:
                 n.input[k] = new
 
 
-def _weight_axes(ix: _Index, dq: onnx.NodeProto, user: onnx.NodeProto, rank: int) -> tuple[int, int] | None:
+def _weight_axes(ix: OnnxIndex, dq: onnx.NodeProto, user: onnx.NodeProto, rank: int) -> tuple[int, int] | None:
     """(output-channel axis, reduction axis) TensorRT expects for a weight DQ feeding `user`."""
     if user.op_type == "Conv" and user.input[1] == dq.output[0]:
         return 0, 1
@@ -156,7 +136,7 @@ def is_n_of_m(w: np.ndarray, axis: int, n: int = 2, m: int = 4) -> bool:
 
 def _fold_weight_transposes(model: onnx.ModelProto) -> int:
     """DQ(W[K, C], axis 0) -> Transpose -> MatMul becomes DQ(W[C, K], axis 1) -> MatMul."""
-    ix, folded, dead = _Index(model), 0, []
+    ix, folded, dead = OnnxIndex(model), 0, []
     for t in list(model.graph.node):
         dq = ix.producer.get(t.input[0]) if t.op_type == "Transpose" else None
         if (dq is None or dq.op_type != "DequantizeLinear" or not ix.is_int_init(dq.input[0], TensorProto.INT8)
@@ -179,7 +159,7 @@ def _fold_weight_transposes(model: onnx.ModelProto) -> int:
 
 def _biases_to_float(model: onnx.ModelProto) -> int:
     """int32 bias DQ -> float initializer with DQ's own value ((q - zp) * scale in float32)."""
-    ix, dead = _Index(model), []
+    ix, dead = OnnxIndex(model), []
     for dq in model.graph.node:
         if dq.op_type != "DequantizeLinear" or not ix.is_int_init(dq.input[0], TensorProto.INT32):
             continue
@@ -199,7 +179,7 @@ def _biases_to_float(model: onnx.ModelProto) -> int:
 
 def _symmetric_activations(model: onnx.ModelProto) -> dict[str, Any]:
     """Activation Q/DQ pairs -> int8, zero point 0, scale covering the original range."""
-    ix = _Index(model)
+    ix = OnnxIndex(model)
     changed, exact, widen = 0, 0, []
     for q in list(model.graph.node):
         if q.op_type != "QuantizeLinear" or q.input[0] in ix.init:
@@ -234,7 +214,7 @@ def _symmetric_activations(model: onnx.ModelProto) -> dict[str, Any]:
 
 def _unfuse_conv_output_before_residual(model: onnx.ModelProto) -> int:
     """Drop the Q/DQ between a Conv and the residual Add it feeds (one input per Add)."""
-    ix, dead, removed = _Index(model), [], 0
+    ix, dead, removed = OnnxIndex(model), [], 0
     for add in model.graph.node:
         if add.op_type != "Add" or len(add.input) != 2:
             continue
@@ -257,7 +237,7 @@ def _unfuse_conv_output_before_residual(model: onnx.ModelProto) -> int:
     return removed
 
 
-def _reaches_quantizable(ix: _Index, tensor: str, depth: int = 0) -> bool:
+def _reaches_quantizable(ix: OnnxIndex, tensor: str, depth: int = 0) -> bool:
     for user in ix.consumers.get(tensor, []):
         if user.op_type in WEIGHTED:
             return True
@@ -277,7 +257,7 @@ def _drop_useless_qdq(model: onnx.ModelProto) -> int:
     """Remove Q/DQ pairs (and DQ/Q left without users) that feed no quantizable op."""
     removed = 0
     while True:
-        ix, dead = _Index(model), []
+        ix, dead = OnnxIndex(model), []
         for q in model.graph.node:
             if q.op_type != "QuantizeLinear":
                 continue
@@ -301,7 +281,7 @@ def _drop_useless_qdq(model: onnx.ModelProto) -> int:
 
 def _check_weights(model: onnx.ModelProto) -> dict[str, Any]:
     """Weight DQs: zero point 0, one scale per output channel on the axis TensorRT expects, 2:4 count."""
-    ix = _Index(model)
+    ix = OnnxIndex(model)
     per_channel, sparse, reduced, layers = 0, 0, True, []
     for dq in model.graph.node:
         if dq.op_type != "DequantizeLinear" or not ix.is_int_init(dq.input[0], TensorProto.INT8):
@@ -334,7 +314,7 @@ def _check_weights(model: onnx.ModelProto) -> dict[str, Any]:
 
 def _placement(model: onnx.ModelProto) -> dict[str, Any]:
     """How many weighted ops have DQ on all their data inputs, on some, or on none."""
-    ix = _Index(model)
+    ix = OnnxIndex(model)
     counts: dict[str, int] = {}
     partial: list[str] = []
     for n in model.graph.node:

@@ -15,7 +15,7 @@ def test_distill_recovers_agreement_and_keeps_pruned_weights_zero(mnist_vit):
     before_params = {k: v.clone() for k, v in model.state_dict().items()}
     g = capture(model, x[:2])
     ctx = PassContext(calib=calib, calib_limit=256, teacher=g.clone())
-    _pass("prune.nm", n=1, m=4, method="magnitude").run(g, ctx)
+    _pass("prune.nm", n=1, m=4, method="magnitude", min_agreement=None).run(g, ctx)
     _pass("finetune.distill", steps=40, lr=1e-3, min_agreement=None).run(g, ctx)
     s = ctx.log[-1].summary
     assert s["teacher_agreement_after"] > s["teacher_agreement_before"] + 20
@@ -33,7 +33,7 @@ def test_distill_stops_the_run_when_the_best_state_stays_below_min_agreement(mni
     model, calib, x, _ = mnist_vit
     g = capture(model, x[:2])
     ctx = PassContext(calib=calib, calib_limit=256, teacher=g.clone())
-    _pass("prune.nm", n=1, m=4, method="magnitude").run(g, ctx)
+    _pass("prune.nm", n=1, m=4, method="magnitude", min_agreement=None).run(g, ctx)
     with pytest.raises(CompressorError, match=r"agrees with the original on \d+\.\d % of 51 held-out images.*"
                                               r"min_agreement: null keeps the model anyway"):
         _pass("finetune.distill", steps=10, lr=1e-3).run(g, ctx)

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from compressor.errors import CompressorError
-from compressor.eval import wilson_interval
 from compressor.graph.graph import Graph
+from compressor.passes.agreement import agreement, falls_short, upper_bound
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.gradients import trainable
 from compressor.passes.quant.ops import graph_precision
@@ -99,7 +99,7 @@ class Distill(Pass):
         opt = torch.optim.AdamW(tensors, lr=p.lr, weight_decay=p.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(p.steps, p.warmup))
         order = torch.Generator().manual_seed(ctx.seed)
-        before = _agreement(graph, batches)
+        before = agreement(graph, batches)[0]
         start = best = _score(graph, held, p.temperature)
         best_step, best_state, losses = 0, [t.detach().clone() for t in tensors], []
         with trainable(tensors):
@@ -122,13 +122,12 @@ class Distill(Pass):
             for t, kept in zip(tensors, best_state, strict=True):
                 t.copy_(kept)
         train_n, held_n = sum(len(x) for x, _ in train), sum(len(x) for x, _ in held)
-        upper = wilson_interval(round(best[0] * held_n / 100), held_n)[1]
-        if p.min_agreement is not None and upper < p.min_agreement:
+        if falls_short(best[0], held_n, p.min_agreement):
             raise CompressorError(
                 f"finetune.distill: after {p.steps} steps on {train_n} calibration images the "
                 f"compressed model agrees with the original on {best[0]:.1f} % of {held_n} held-out images (95 % "
-                f"interval up to {upper:.1f} %, below min_agreement {p.min_agreement:g}; {start[0]:.1f} % before "
-                "fine-tuning): the earlier passes changed "
+                f"interval up to {upper_bound(best[0], held_n):.1f} %, below min_agreement {p.min_agreement:g}; "
+                f"{start[0]:.1f} % before fine-tuning): the earlier passes changed "
                 "this model more than distillation on this data recovers. Give more calibration images (--calib, "
                 "--calib-size), more steps, or a milder pass (lower sparsity); a quantization recipe (int8-ptq) "
                 "needs no training. finetune.distill's min_agreement: null keeps the model anyway.")
@@ -136,7 +135,7 @@ class Distill(Pass):
         return {"steps": p.steps, "images": train_n, "held_out": held_n,
                 "loss_first": round(losses[0], 5), "loss_last": round(sum(losses[-tail:]) / tail, 5),
                 "best_step": best_step, "held_out_agreement_before": start[0], "held_out_agreement_after": best[0],
-                "teacher_agreement_before": before, "teacher_agreement_after": _agreement(graph, batches)}
+                "teacher_agreement_before": before, "teacher_agreement_after": agreement(graph, batches)[0]}
 
 
 def _split(batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -164,9 +163,3 @@ def _score(graph: Graph, held: list[tuple[torch.Tensor, torch.Tensor]], tau: flo
     out = graph.gm(x)
     return round(100.0 * float((out.argmax(-1) == t.argmax(-1)).float().mean()), 2), -float(distill_loss(out, t, tau))
 
-
-@torch.no_grad()
-def _agreement(graph: Graph, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 agreement with the teacher on the calibration images, in percent."""
-    same = sum(int((graph.gm(x).argmax(-1) == t.argmax(-1)).sum()) for x, t in batches)
-    return round(100.0 * same / sum(len(x) for x, _ in batches), 2)

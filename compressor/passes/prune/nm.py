@@ -15,6 +15,11 @@ Conv weights are grouped along input channels at each kernel position (the KRSC 
 TensorRT's sparse convolutions read), and their Hessian comes from im2col patches of the input
 in that same column order.
 
+A one-shot pattern can remove more than a model tolerates without training (EfficientNet-Lite0's
+depthwise-separable convs kept 41 % top-1 agreement at 2:4): the pass compares the pruned graph with
+the graph before it on the calibration images and stops the run below `min_agreement`
+(compressor/passes/agreement.py) instead of returning that model.
+
 The mask is left as a node annotation ("sparsity") so later passes keep it: int8
 quantization is symmetric, so pruned zeros stay exactly zero, and the exported int8 weights
 carry the pattern.
@@ -28,7 +33,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import fx
 
+from compressor.errors import CompressorError
 from compressor.graph.graph import Graph
+from compressor.passes.agreement import agreement, falls_short, reference_logits, upper_bound
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.prune.hessian import from_reduction_view, input_hessians, prunable_layers, reduction_view
 
@@ -42,6 +49,10 @@ class NMParams(PassParams):
     skip: list[str] = Field(default_factory=list, description="module paths (glob) left dense")
     keep_ends: bool = Field(True, description="leave the first and the last layer dense (the patch embedding or "
                                               "stem, and the classifier): small and sensitive")
+    min_agreement: float | None = Field(
+        95.0, ge=0, le=100, description="top-1 agreement (%) with the unpruned model on the calibration images that "
+                                        "the upper end of its 95 % interval must reach, else the run stops; null "
+                                        "keeps any result (e.g. when finetune.distill follows)")
 
     @model_validator(mode="after")
     def _n_below_m(self) -> NMParams:
@@ -101,6 +112,7 @@ class NMPrune(Pass):
     def apply(self, graph: Graph, ctx: PassContext) -> dict[str, Any]:
         p = self.params
         targets, skipped = self._targets(graph)
+        before = reference_logits(graph, list(ctx.calibration_batches()))
         hessians = input_hessians(graph, ctx, targets) if p.method == "sparsegpt" else {}
         layers = []
         for node in targets:
@@ -119,8 +131,18 @@ class NMPrune(Pass):
             layers.append({"module": path, "shape": list(w.shape), "sparsity": sparsity})
         graph.drop_unused_attrs()
         graph.recompile()
+        kept, images = agreement(graph, before)
+        if falls_short(kept, images, p.min_agreement):
+            raise CompressorError(
+                f"prune.nm: after {p.n}:{p.m} pruning of {len(layers)} layers ({p.method}) the model agrees with its "
+                f"unpruned self on {kept:.1f} % of {images} calibration images (95 % interval up to "
+                f"{upper_bound(kept, images):.1f} %, below min_agreement {p.min_agreement:g}): one-shot pruning "
+                "removes more than this model tolerates without training. Leave sensitive layers dense (prune.nm's "
+                "skip: [module paths]; --sensitivity ranks them), follow it with finetune.distill and set "
+                "min_agreement: null here, or use int8-ptq, which needs no training. min_agreement: null keeps "
+                "this model anyway.")
         return {"pattern": f"{p.n}:{p.m}", "method": p.method, "pruned_layers": len(layers), "skipped": skipped,
-                "layers": layers}
+                "calibration_agreement": kept, "layers": layers}
 
     def _targets(self, graph: Graph) -> tuple[list[fx.Node], list[str]]:
         """Layers whose grouped dimension (input channels) is a multiple of m."""
