@@ -1,9 +1,9 @@
 """The `openvino` target against NNCF + OpenVINO and ONNX Runtime's quantizers, all in one process.
 
 Per model (DeiT-S with random weights, as the issue measured it; EfficientNet-Lite0 with its real
-ImageNet weights): the `int8-ptq` recipe's passes (with `symmetric_attention: true`, the setting
-for OpenVINO) calibrate on photo crops, the float and int8
-graphs are exported with the `onnx` and `openvino` targets, and every peer quantizes the same float
+ImageNet weights): the `int8-ptq` recipe's passes (its defaults, or with `--symmetric-attention` the
+opt-in zero-point-free attention operands OpenVINO runs in int8) calibrate on photo crops, the float
+and int8 graphs are exported with the `onnx` and `openvino` targets, and every peer quantizes the same float
 ONNX with the same calibration tensors (`benches/peers_openvino.py`). Every artifact then runs on the
 same evaluation crops (top-1 agreement with the float model with its 95 % Wilson interval, top-5
 containment, max |logit diff| to the simulation for compressor's artifacts) and all of them are timed
@@ -12,7 +12,7 @@ int8 column counts GEMMs that run in int8 in the runtime's own graph (OpenVINO's
 model, ONNX Runtime's optimized graph). The CPU's flags and the machine's load print with the tables.
 
     python benches/openvino_target.py [--models deit_small_patch16_224,efficientnet_lite0] [--calib 128]
-                               [--eval 300] [--min-seconds 20] [--runs 10] [--md FILE]
+                               [--eval 300] [--min-seconds 20] [--runs 10] [--symmetric-attention] [--md FILE]
 """
 
 from __future__ import annotations
@@ -54,15 +54,15 @@ def build(name: str) -> torch.nn.Module:
     return model
 
 
-def artifacts(name: str, calib: DataSource, work: Path, bar: Progress) -> tuple[dict[str, Path], torch.nn.Module,
-                                                                                    dict[str, dict]]:
+def artifacts(name: str, calib: DataSource, work: Path, bar: Progress,
+              symmetric_attention: bool) -> tuple[dict[str, Path], torch.nn.Module, dict[str, dict]]:
     """compressor's files for `name`: float ONNX, int8 ONNX, int8 and float IR, and the simulation."""
     model = build(name)
     graph = capture(model, next(calib.batches(2))[0])
     float_graph = graph.clone()
     ctx = PassContext(calib=calib, calib_batch_size=32, progress=bar)
     for entry in load_recipe("int8-ptq").passes:
-        if entry.name == "quant.int8_ptq":  # zero-point-free attention operands: OpenVINO's int8 matmuls
+        if entry.name == "quant.int8_ptq" and symmetric_attention:  # OpenVINO's int8 attention matmuls
             entry = entry.model_copy(update={"params": {**entry.params, "symmetric_attention": True}})
         entry.build().run(graph, ctx)
     files, checks = {}, {}
@@ -78,13 +78,13 @@ def artifacts(name: str, calib: DataSource, work: Path, bar: Progress) -> tuple[
 
 
 def rows_for(name: str, calib_n: int, eval_n: int, min_seconds: float, runs_n: int,
-             bar: Progress) -> tuple[list, list]:
+             bar: Progress, symmetric_attention: bool) -> tuple[list, list]:
     calib = DataSource(f"photo crops (calib, {calib_n})", crops("calib", calib_n), None, PRE)
     data = DataSource(f"photo crops (eval, {eval_n})", crops("eval", eval_n), None, PRE)
     calib_tensors = [b[0].numpy() for b in calib.batches(32)]
     with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:
         work = Path(tmp)
-        files, sim_gm, checks = artifacts(name, calib, work, bar)
+        files, sim_gm, checks = artifacts(name, calib, work, bar, symmetric_attention)
         base_onnx = files["onnx/baseline"]
         made: dict[str, Path] = {}
         for peer, fn in peers.peers(transformer=name.startswith("deit")).items():
@@ -160,12 +160,15 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=300, help="evaluation crops")
     ap.add_argument("--min-seconds", type=float, default=20.0, help="timing budget per batch size")
     ap.add_argument("--runs", type=int, default=10, help="timed rounds at least, per batch size")
+    ap.add_argument("--symmetric-attention", action="store_true",
+                    help="int8-ptq's opt-in zero-point-free attention operands (OpenVINO then runs those matmuls in "
+                         "int8); without it the recipe's default")
     ap.add_argument("--md", type=Path, help="also write the tables as Markdown")
     args = ap.parse_args()
     bar = Progress(enabled=True)
     acc, lat = [], []
     for name in args.models.split(","):
-        a, t = rows_for(name, args.calib, args.eval, args.min_seconds, args.runs, bar)
+        a, t = rows_for(name, args.calib, args.eval, args.min_seconds, args.runs, bar, args.symmetric_attention)
         acc += a
         lat += t
     lines = [cpu_line(THREADS), "", "Accuracy: top-1 agreement with the float model [95% CI], top-5 containment, on "

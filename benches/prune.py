@@ -39,7 +39,9 @@ from spine import photo_crops  # noqa: E402
 SPARSITIES = (0.3, 0.5, 0.7)
 NM_OF_16 = {0.3: 11, 0.5: 8, 0.7: 5}
 ACCURACY_ONLY = {"batch_sizes": [8], "runs": 3, "warmup": 1, "min_seconds": 0.0}
-FT = {"pass": "finetune.distill", "steps": 300}
+# the curves measure how far each method falls, so the passes' stop rule (min_agreement) is off
+FT = {"pass": "finetune.distill", "steps": 300, "min_agreement": None}
+NM = {"pass": "prune.nm", "min_agreement": None}
 
 
 def compress(work: Path, name: str, passes: list[dict[str, Any]], timing: dict[str, Any] | None = None,
@@ -55,8 +57,8 @@ def top1(report: dict[str, Any]) -> float:
 
 def curve_rows(work: Path, quick: bool, only: str | None) -> list[str]:
     methods = {
-        "N:M magnitude": lambda s: {"pass": "prune.nm", "n": NM_OF_16[s], "m": 16, "method": "magnitude"},
-        "N:M second-order": lambda s: {"pass": "prune.nm", "n": NM_OF_16[s], "m": 16, "method": "sparsegpt"},
+        "N:M magnitude": lambda s: {**NM, "n": NM_OF_16[s], "m": 16, "method": "magnitude"},
+        "N:M second-order": lambda s: {**NM, "n": NM_OF_16[s], "m": 16, "method": "sparsegpt"},
         "block 16×16 taylor+rd+refit": lambda s: {"pass": "prune.block", "sparsity": s},
         "block 16×16 taylor+rd": lambda s: {"pass": "prune.block", "sparsity": s, "refit": False},
         "block 16×16 l1+uniform": lambda s: {"pass": "prune.block", "sparsity": s, "saliency": "l1",
@@ -82,7 +84,7 @@ def curve_rows(work: Path, quick: bool, only: str | None) -> list[str]:
 def two_four_rows(work: Path) -> list[str]:
     lines = ["| 2:4 (50 %) | none | +ft |", "|---|---|---|"]
     for method in ("magnitude", "sparsegpt"):
-        cells = [top1(compress(work, f"2of4-{method}-{ft}", [{"pass": "prune.nm", "method": method}] + ([FT] if ft
+        cells = [top1(compress(work, f"2of4-{method}-{ft}", [{**NM, "method": method}] + ([FT] if ft
                                                                                                         else [])))
                  for ft in (False, True)]
         lines.append(f"| {method} | {cells[0]:.2f} | {cells[1]:.2f} |")

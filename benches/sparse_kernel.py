@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -27,21 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from compressor.cpu import cpu_model
 from compressor.kernels import BlockSparseWeight, block_sparse_linear, kernel_available
 
 LAYERS = [("fc1 384→1536", 384, 1536), ("fc2 1536→384", 1536, 384)]
 BLOCKS = [(16, 16), (32, 32)]
 SPARSITIES = [0.5, 0.75, 0.9]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def busy_seconds() -> float | None:
@@ -92,7 +82,7 @@ def main() -> None:
     if not ok:
         raise SystemExit(f"the block-sparse kernel is unavailable here: {kernel}")
     g = torch.Generator().manual_seed(0)
-    head = (f"{cpu_name()}, {args.threads} threads, torch {torch.__version__}, kernel {kernel}; "
+    head = (f"{cpu_model()}, {args.threads} threads, torch {torch.__version__}, kernel {kernel}; "
             f"{args.tokens} tokens, fp32, median of {args.rounds} interleaved rounds")
     lines = [head, "",
              "| layer | block | sparsity | dense ms | ours ms | ours speedup | torch BSR ms | BSR speedup |",

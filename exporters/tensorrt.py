@@ -559,12 +559,10 @@ class TensorRTExporter(Exporter):
     Options: ClassVar[type[ExportOptions]] = TensorRTOptions
 
     def export(self, graph: Graph, path: Path, precision: str) -> TensorRTArtifact:
-        from exporters.onnx import OnnxExporter
+        from exporters.onnx import OnnxOptions, to_onnx
 
         opts: TensorRTOptions = self.options  # type: ignore[assignment]
-        with tempfile.TemporaryDirectory(prefix="trt-export-") as tmp:
-            source = OnnxExporter().export(graph, Path(tmp) / "model.onnx", precision).path
-            model, summary = to_tensorrt_qdq(onnx.load(str(source)))
+        model, summary = to_tensorrt_qdq(to_onnx(graph, precision, OnnxOptions())[0])
         static = graph.fixed_batch or opts.static_batch
         if static:
             _fix_batch(model, static)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from compressor.cpu import cpu_flags
 from compressor.eval.metrics import Runner
 from exporters.base import Artifact, Exporter, ExportOptions, atomic_path, in_fixed_batches
 from exporters.tvm_casts import sink_narrowing_casts
@@ -67,14 +68,8 @@ def host_target() -> dict[str, Any]:
 
     cpu = codegen.llvm_get_system_cpu()
     if not codegen.llvm_is_valid_cpu(cpu, codegen.llvm_get_system_triple()):
-        cpu = "x86-64-v3" if _has_avx2() else "x86-64"
+        cpu = "x86-64-v3" if "avx2" in cpu_flags() else "x86-64"
     return {"kind": "llvm", "mcpu": cpu, "num-cores": _host_cores()}
-
-
-def _has_avx2() -> bool:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        return " avx2" in f.read()
-    return False
 
 
 def __getattr__(name: str) -> Any:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +37,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from compressor.cpu import cpu_flags, cpu_model
 
 SOURCE = Path(__file__).parent / "csrc" / "block_sparse.cpp"
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-fPIC", "-shared", "-std=c++17")
@@ -161,25 +162,15 @@ def _compiler() -> tuple[str, str]:
     return path, (out.splitlines() or ["?"])[0]
 
 
-def _cpu_features() -> str:
-    """The CPU's feature flags, so a build made with -march=native is never loaded on another CPU."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()}"
-
-
 def _build(cxx: str, version: str) -> Path:
     """Compile into the cache (or find it there); returns the library's path."""
     if not SOURCE.is_file():
         raise KernelUnavailable(f"kernel source {SOURCE} is missing (package installed without compressor/kernels/"
                                 "csrc; reinstall from the source tree)")
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(CFLAGS).encode(), version.encode(),
-                                     _cpu_features().encode(), str(ABI_VERSION).encode()])).hexdigest()[:16]
+    cpu = " ".join(sorted(cpu_flags()) or [cpu_model()])  # a -march=native build never loads on another CPU
+    key = hashlib.sha256(b"\0".join([source, " ".join(CFLAGS).encode(), version.encode(), cpu.encode(),
+                                     str(ABI_VERSION).encode()])).hexdigest()[:16]
     user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
     for root in (cache_root(), Path(tempfile.gettempdir()) / f"compressor-{user}" / "kernels"):
         target = root / key / LIB_NAME

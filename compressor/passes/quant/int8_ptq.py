@@ -34,13 +34,13 @@ conv); on EfficientNet-Lite0 that is 16 of its 49 convs.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import fx
 
+from compressor.cpu import has_vnni
 from compressor.graph.graph import Graph, is_kind
 from compressor.graph.sdpa import decompose_sdpa
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
@@ -57,7 +57,6 @@ aten = torch.ops.aten
 # Activations a Conv's output quantizer moves past without a range of their own.
 SMOOTH_ACTIVATIONS = (aten.hardswish.default, aten.silu.default, aten.gelu.default, aten.sigmoid.default,
                       aten.hardsigmoid.default, aten.leaky_relu.default, aten.elu.default, aten.mish.default)
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 class Int8PTQParams(PassParams):
@@ -91,15 +90,6 @@ class Int8PTQParams(PassParams):
     histogram_bins: int = Field(2048, ge=64, le=65536, multiple_of=4)
 
 
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has int8 dot-product instructions (VNNI/AMX)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return False
-    flags = cpuinfo.read_text(errors="ignore")
-    return any(f" {flag}" in flags for flag in VNNI_FLAGS)
-
-
 @register_pass
 class Int8PTQ(Pass):
     name = "quant.int8_ptq"
@@ -110,7 +100,7 @@ class Int8PTQ(Pass):
     def apply(self, graph: Graph, ctx: PassContext) -> dict[str, Any]:
         p = self.params
         if p.reduce_range == "auto":
-            p.reduce_range = not cpu_has_vnni()
+            p.reduce_range = not has_vnni()
         decomposed = decompose_sdpa(graph) if p.quantize_attention else 0
         targets = self._targets(graph)
         kinds = [k for k, on in (("conv", p.quantize_conv_output), ("linear", p.quantize_linear_output)) if on]

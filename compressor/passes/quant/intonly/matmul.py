@@ -66,9 +66,9 @@ def _int_linear_onnx(x, weight, bias):
 def _b_operand(b):
     """MatMulInteger's B and b_zero_point: int8 where ONNX Runtime's u8 × s8 GEMM is exact, else
     uint8 + 128 (module docstring). Decided when exporting, like int8_ptq's `reduce_range: auto`."""
-    from compressor.passes.quant.int8_ptq import cpu_has_vnni
+    from compressor.cpu import has_vnni
 
-    if cpu_has_vnni():
+    if has_vnni():
         return op.Cast(b, to=INT8), None
     return _as_uint8(b)
 
