@@ -74,9 +74,9 @@ class Int8PTQParams(PassParams):
     symmetric_attention: bool = Field(
         False, description="attention matmul operands get zero point 0 (int8 symmetric; uint8 from 0 when never "
                            "negative, as softmax): OpenVINO runs activation x activation matmuls in int8 only so "
-                           "(DeiT-S: 24/24 instead of 2/24); off by default because ONNX Runtime's fused "
-                           "QLinearMatMul then rounds some outputs one step away from the simulation (max 1.7e-3 on "
-                           "the MNIST ViT; exact with its fusions off, and the same with the codes as uint8 + 128)")
+                           "(DeiT-S: 24/24 instead of 2/24). Off by default: without VNNI OpenVINO ran DeiT-S 6 % "
+                           "slower with them, and ONNX Runtime's fused QLinearMatMul rounds a few outputs one step "
+                           "from the simulation (1.7e-3 on the unit tests' ViT, exact with the default)")
     quantize_conv_output: bool = Field(
         True, description="quantize Conv outputs (after the activation that follows: a clamp's range bounds its "
                           "quantizer) so runtimes fuse an int8 Conv")
