@@ -105,16 +105,21 @@ def test_conv_patches_match_the_convolution_in_reduction_order():
     assert _is_n_of_m(w * keep, 2, 4, axis=1)  # groups of 4 input channels at each kernel position
 
 
-def test_second_order_prunes_the_cnn_convs(tmp_path):
+def _cnn_mnist() -> tuple[torch.nn.Module, Preprocess]:
+    """The bundled MNIST CNN with its trained weights, and its preprocessing."""
     ckpt = torch.load(ROOT / "cnn_mnist.pt", weights_only=True)
-    model = zoo.build(ckpt["arch"], **ckpt["config"])
+    model = zoo.build(ckpt["arch"], **ckpt["config"]).eval()
     model.load_state_dict(ckpt["state_dict"])
-    spec = Preprocess(**ckpt["preprocess"])
+    return model, Preprocess(**ckpt["preprocess"])
+
+
+def test_second_order_prunes_the_cnn_convs(tmp_path):
+    model, spec = _cnn_mnist()
     x, y = map(torch.cat, zip(*open_source(ROOT / "calibration_data/mnist/test", spec).batches(300), strict=True))
     calib = open_source(ROOT / "calibration_data/mnist/calib", spec)
     acc = {}
     for method in ("magnitude", "sparsegpt"):
-        g, ctx = _prune(model.eval(), calib, x, method=method, min_agreement=None)
+        g, ctx = _prune(model, calib, x, method=method, min_agreement=None)
         assert ctx.log[-1].summary["pruned_layers"] >= 8  # every conv but the 1-channel stem
         acc[method] = float((g(x).argmax(1) == y).float().mean())
     assert acc["sparsegpt"] > 0.9 and acc["sparsegpt"] > acc["magnitude"] + 0.3  # measured 97.0 vs 30.2 (1000)
@@ -123,10 +128,8 @@ def test_second_order_prunes_the_cnn_convs(tmp_path):
 def test_a_pruning_that_breaks_the_model_stops_the_run():
     """Magnitude 2:4 keeps 30 % of the MNIST CNN's accuracy: the pass refuses with the numbers instead of
     returning it, and the second-order method on the same model passes the same check."""
-    ckpt = torch.load(ROOT / "cnn_mnist.pt", weights_only=True)
-    model = zoo.build(ckpt["arch"], **ckpt["config"]).eval()
-    model.load_state_dict(ckpt["state_dict"])
-    calib = open_source(ROOT / "calibration_data/mnist/calib", Preprocess(**ckpt["preprocess"]))
+    model, spec = _cnn_mnist()
+    calib = open_source(ROOT / "calibration_data/mnist/calib", spec)
     x = next(calib.batches(2))[0]
     with pytest.raises(CompressorError, match=r"prune.nm: after 2:4 pruning .* agrees with its unpruned self on "
                                               r"\d+\.\d % of \d+ calibration images .* below min_agreement 95"):
