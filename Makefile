@@ -12,7 +12,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,tvm,coreml,executorch,openvino,efficientnet]'
 	touch $@
 
-install: $(VENV)/.installed
+# digits224 (vit_digits224.pt's calibration and test images) is generated, not committed: ~100 MB of PNGs
+calibration_data/digits224/VERSION: $(VENV)/.installed scripts/make_data.py
+	$(PY) scripts/make_data.py --only digits224
+
+install: $(VENV)/.installed calibration_data/digits224/VERSION
 
 demo: install
 	$(VENV)/bin/compress vit_mnist.pt --recipe int8-ptq -o out/

@@ -133,3 +133,22 @@ def test_same_padding_matches_tensorflow_output_sizes() -> None:
     x = torch.randn(1, 3, 8, 8)
     torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(torch.nn.functional.pad(x, [0, 1, 0, 1]),
                                                                    conv.weight, conv.bias, stride=2))
+
+
+def test_vit_digits224_runs_197_tokens_and_scores_its_recorded_top1(digits224: Path) -> None:
+    """The 197-token ViT ships what its training script measured: top-1 on the generated test split,
+    through the same loader and preprocessing `compress` uses."""
+    from compressor.data import Preprocess, open_source
+    from compressor.io import load_model
+
+    loaded = load_model(REPO_ROOT / "vit_digits224.pt")
+    model = loaded.module.eval()
+    assert model.pos_embed.shape[1] == 197 and loaded.dataset == "digits224"
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in open_source(digits224 / "test", Preprocess(**loaded.preprocess.model_dump())).batches(100):
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    assert total == 1000
+    recorded = torch.load(REPO_ROOT / "vit_digits224.pt", weights_only=True)["metrics"]["test_top1"]
+    assert abs(100.0 * correct / total - recorded) <= 0.1  # PNG round trip vs in-memory: at most one image
