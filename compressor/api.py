@@ -203,7 +203,7 @@ def _read_inputs(model: str | Path | nn.Module, arch: str | None, trust_pickle: 
     """The model and data, checked against each other: shapes agree and the model runs."""
     loaded = load_model(model, arch, trust_pickle) if not isinstance(model, nn.Module) else load_module(model)
     spec = _preprocess_spec(loaded, rec, preprocess)
-    calib_src = _data(calib, spec, "calibration", _bundled(loaded, "calib"))
+    calib_src = _data(calib, spec, "calibration", _bundled(loaded, "calib"), _missing_dataset(loaded))
     bundled_test = _bundled(loaded, "test")
     eval_src = calib_src if eval_data is None and bundled_test is None else _data(
         eval_data, spec, "evaluation", bundled_test)
@@ -305,11 +305,19 @@ def _bundled(loaded: LoadedModel, split: str) -> Path | None:
     return next((r / rel for r in _data_roots() if (r / rel).exists()), None)
 
 
-def _data(given: Any, spec: Preprocess, role: str, default: Path | None) -> DataSource:
+def _missing_dataset(loaded: LoadedModel) -> str:
+    """Why a checkpoint that names its data set found none: generated sets are not in the repository."""
+    if not loaded.dataset:
+        return ""
+    return (f" The checkpoint's data set {loaded.dataset!r} is not under ./calibration_data or the package's; "
+            f"write it with `python scripts/make_data.py --only {loaded.dataset}` (make install does).")
+
+
+def _data(given: Any, spec: Preprocess, role: str, default: Path | None, missing: str = "") -> DataSource:
     if given is None:
         if default is None:
             raise CompressorError(f"no {role} data: pass --{'calib' if role == 'calibration' else 'eval'} DIR "
-                                  "(a folder of images, or an .npy/.npz/.pt file).")
+                                  "(a folder of images, or an .npy/.npz/.pt file)." + missing)
         given = default
     if isinstance(given, DataSource):
         return given

@@ -157,3 +157,14 @@ def test_shape_expressions_are_arithmetic_only(expr, safe):
 ])
 def test_program_operators_come_from_an_allow_list(target, allowed):
     assert _allowed_target(target) is allowed
+
+
+def test_a_checkpoint_whose_generated_data_set_is_missing_says_how_to_write_it(tmp_path, monkeypatch) -> None:
+    import compressor
+
+    ckpt = torch.load(Path(__file__).resolve().parent.parent / "vit_mnist.pt", weights_only=True)
+    torch.save({**ckpt, "dataset": "digits_not_written"}, tmp_path / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CompressorError, match=r"is not under .*make_data.py --only digits_not_written"):
+        compressor.compress(tmp_path / "model.pt", recipe="int8-ptq", out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
