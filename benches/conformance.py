@@ -11,10 +11,11 @@ of every artifact against the float PyTorch model (top-1 agreement, agreement on
 model is confident about, top-5 containment; top-1 where there are labels), then the latency of all
 ONNX Runtime artifacts interleaved round by round. `--check` compares the accuracies with
 benches/conformance_reference.yaml (value − tolerance is the floor, as NNCF's conformance suite
-keeps them) and exits 1 on a regression; `--update` rewrites the file from this run.
+keeps them) and exits 1 on a regression; `--update` writes this run's values into the file.
 
     python benches/conformance.py [--models efficientnet_lite0,cnn_mnist,vit_mnist] [--recipes int8-ptq,...]
-                                  [--no-peers] [--min-seconds S] [--check | --update] [--md FILE]
+                                  [--no-peers] [--min-seconds S] [--fast] [--tvm RECIPES]
+                                  [--check | --update] [--md FILE]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from compressor.errors import CompressorError  # noqa: E402
 from compressor.eval import Outputs, agreement, collect, confident_agreement, measure, top5_containment  # noqa: E402
 from compressor.eval.metrics import Runner, torch_runner  # noqa: E402
 from compressor.io import load_model, load_module  # noqa: E402
+from compressor.passes import PASSES  # noqa: E402
 from compressor.progress import Progress  # noqa: E402
 from compressor.recipe import BenchSpec, list_recipes, load_recipe  # noqa: E402
 from exporters.base import Artifact  # noqa: E402
@@ -51,7 +53,7 @@ from exporters.onnx import OnnxArtifact  # noqa: E402
 
 REFERENCE = Path(__file__).with_name("conformance_reference.yaml")
 #: targets whose runtime runs on this machine class (TensorRT and CoreML are exported, never timed, here)
-RUNS_HERE = ("onnx", "executorch", "torch", "openvino")
+RUNS_HERE = ("onnx", "executorch", "torch", "openvino", "tvm")
 METRICS = ("agreement", "confident", "top5", "top1")
 CALIB_CROPS, EVAL_CROPS = 128, 600
 
@@ -92,6 +94,7 @@ MODELS = {
     "efficientnet_lite0": Model("efficientnet_lite0", _efficientnet),
     "cnn_mnist": Model("cnn_mnist", _bundled("cnn_mnist.pt"), ["int8-ptq", "int8-ptq-edge", "2of4-int8"]),
     "vit_mnist": Model("vit_mnist", _bundled("vit_mnist.pt"), ["int8-ptq", "int8-ptq-edge", "w8a8-repq"]),
+    "vit_digits224": Model("vit_digits224", _bundled("vit_digits224.pt")),
 }
 
 
@@ -103,6 +106,7 @@ class Row:
     metrics: dict[str, float | None] = field(default_factory=dict)
     latency: dict[int, float] = field(default_factory=dict)
     size_mb: float | None = None
+    sim_gap: float | None = None  # artifact − simulation, in the recipe's gate metric (compress's report)
     note: str = ""
     target: str = "onnx"  # the runtime it ran in
 
@@ -121,17 +125,20 @@ def _scores(out: Outputs, ref: Outputs) -> dict[str, float | None]:
 
 
 def run_model(m: Model, recipes: list[str] | None, with_peers: bool, work: Path, batches: list[int],
-              bar: Progress, min_seconds: float = 2.0) -> list[Row]:
+              bar: Progress, min_seconds: float = 2.0, fast: bool = False, tvm: tuple[str, ...] = ()) -> list[Row]:
     module, calib, evaluation = m.load()
     names = [r for r in (recipes or m.recipes or list(list_recipes())) if r not in m.skip_recipes]
     loaded = load_model(module) if isinstance(module, Path) else load_module(module)
     ref = collect(torch_runner(loaded.runnable()), evaluation, 64, bar, "float model")
     rows: list[Row] = []
     runners: dict[str, Runner] = {}
-    for recipe in names:
-        rec = load_recipe(recipe)
-        targets = sorted({"onnx", *(t for t in rec.export if t in RUNS_HERE)})
+    for name in names:
+        rec = load_recipe(name)
+        targets = sorted({"onnx", *(t for t in rec.export if t in RUNS_HERE), *(["tvm"] if name in tvm else [])})
         rec = rec.model_copy(update={"benchmark": _quick_bench(), "export": targets})
+        recipe = name
+        if fast and any("fast" in PASSES[e.name].Params.model_fields for e in rec.passes):
+            rec, recipe = rec.fast(), f"{name} --fast"
         start = time.perf_counter()
         try:
             res = compressor.compress(module, recipe=rec, calib=calib, eval_data=evaluation, out_dir=work / recipe,
@@ -145,10 +152,10 @@ def run_model(m: Model, recipes: list[str] | None, with_peers: bool, work: Path,
             if f"{m.name}/float ({target})" not in runners:  # every recipe's float baseline is the same model
                 rows.append(_row(m.name, f"float ({target})", base, evaluation, ref, bar, runners))
             row = _row(m.name, f"{recipe}/{target}", art, evaluation, ref, bar, runners)
-            status = next(a["status"] for a in res.report["artifacts"] if a["target"] == target)
-            row.note = f"{seconds:.0f} s; {status}"
+            report = next(a for a in res.report["artifacts"] if a["target"] == target)
+            row.note, row.sim_gap = f"{seconds:.0f} s; {report['status']}", report["sim_gap"]
             rows.append(row)
-        if recipe == "int8-ptq" and with_peers:
+        if name == "int8-ptq" and with_peers:
             rows += _peers(m.name, res.out_dir / "baseline.onnx", calib, evaluation, ref, work, bar, runners)
     if runners:
         lat = measure(runners, (1, *evaluation.sample_shape()), batches, warmup=5, runs=30, progress=bar,
@@ -188,20 +195,35 @@ def _row(model: str, name: str, art: Artifact, data: DataSource, ref: Outputs, b
 
 # -- reporting ---------------------------------------------------------------------------------------
 def table(rows: list[Row], batches: list[int]) -> list[str]:
+    """The rows, with latency against the same runtime's float artifact and against the model's
+    fastest float artifact in any runtime (what a user could ship instead), named under the table."""
     from compressor.report.render import markdown_table
 
-    floats = {(r.model, r.target): r.latency for r in rows if r.artifact.startswith("float (")}
-    header = ["model", "artifact", "agreement %", "confident %", "top-5 %", "top-1 %",
-              *(f"b{b} ms" for b in batches), *(f"b{b} vs float" for b in batches), "MB", "note"]
+    float_rows = [r for r in rows if r.artifact.startswith("float (")]
+    floats = {(r.model, r.target): r.latency for r in float_rows}
+    best: dict[tuple[str, int], Row] = {}
+    for r in float_rows:
+        for b in batches:
+            if r.latency.get(b) and ((r.model, b) not in best or r.latency[b] < best[(r.model, b)].latency[b]):
+                best[(r.model, b)] = r
+    header = ["model", "artifact", "agreement %", "confident %", "top-5 %", "top-1 %", "sim gap",
+              *(f"b{b} ms" for b in batches), *(f"b{b} vs float" for b in batches),
+              *(f"b{b} vs best float" for b in batches), "MB", "note"]
     body = []
     for r in rows:
-        cells = [r.model, r.artifact] + [_f(r.metrics.get(k)) for k in METRICS]
+        cells = [r.model, r.artifact] + [_f(r.metrics.get(k)) for k in METRICS] + [_f(r.sim_gap, "+.2f")]
         cells += [_f(r.latency.get(b)) for b in batches]
         base = floats.get((r.model, r.target), {})
-        cells += [_f(r.latency[b] / base[b], ".2f") + "x" if r.latency.get(b) and base.get(b) else "-"
+        cells += [_ratio(r.latency.get(b), base.get(b)) for b in batches]
+        cells += [_ratio(r.latency.get(b), best[(r.model, b)].latency[b] if (r.model, b) in best else None)
                   for b in batches]
         body.append([*cells, _f(r.size_mb), r.note])
-    return markdown_table(header, body)
+    named = [f"fastest float of {model} at b{b}: {row.artifact}" for (model, b), row in best.items()]
+    return [*markdown_table(header, body), "", "; ".join(named)]
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    return _f(value / base, ".2f") + "x" if value and base else "-"
 
 
 def _f(v: float | None, fmt: str = ".2f") -> str:
@@ -239,6 +261,18 @@ def reference_from(rows: list[Row], tolerance: dict[str, float]) -> dict[str, An
     return ref
 
 
+def updated(reference: dict[str, Any], rows: list[Row]) -> dict[str, Any]:
+    """The reference with this run's values: artifacts it measured replaced, recipes it saw refused
+    dropped, models and recipes it did not run kept as they were."""
+    out = {model: dict(entries) for model, entries in reference.items()}
+    for row in rows:
+        if not row.metrics:
+            out[row.model] = {k: v for k, v in out.get(row.model, {}).items() if not k.startswith(row.artifact + "/")}
+    for model, entries in reference_from(rows, {"mnist": 0.5, "photo": 1.5}).items():
+        out[model] = {**out.get(model, {}), **entries}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
@@ -247,8 +281,10 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--min-seconds", type=float, default=2.0,
                     help="timing budget per batch size for all artifacts together (latency targets need 20+)")
+    ap.add_argument("--fast", action="store_true", help="recipes with a CPU preset (quant.aphq) run it, as `--fast`")
+    ap.add_argument("--tvm", help="comma-separated recipes also exported to TVM (e.g. int-only,int-only-w4a8)")
     ap.add_argument("--check", action="store_true", help="exit 1 if an accuracy regressed beyond its tolerance")
-    ap.add_argument("--update", action="store_true", help=f"rewrite {REFERENCE.name} from this run")
+    ap.add_argument("--update", action="store_true", help=f"update {REFERENCE.name} with this run's artifacts")
     ap.add_argument("--md", type=Path, help="also write the table here")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
@@ -260,7 +296,7 @@ def main() -> None:
         for name in args.models.split(","):
             recipes = args.recipes.split(",") if args.recipes else None
             rows += run_model(MODELS[name], recipes, not args.no_peers, Path(tmp) / name, batches, bar,
-                              args.min_seconds)
+                              args.min_seconds, args.fast, tuple(args.tvm.split(",")) if args.tvm else ())
     text = "\n".join([f"{cpu_line(2)}; every artifact in its runtime, all timed interleaved; "
                       "'vs float' is against the same runtime's float artifact", "",
                       *table(rows, batches)]) + "\n"
@@ -270,7 +306,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
     if args.update:
-        REFERENCE.write_text(yaml.safe_dump(reference_from(rows, {"mnist": 0.5, "photo": 1.5}), sort_keys=True))
+        REFERENCE.write_text(yaml.safe_dump(updated(yaml.safe_load(REFERENCE.read_text()), rows), sort_keys=True))
     if args.check:
         failures = check(rows, yaml.safe_load(REFERENCE.read_text()))
         for f in failures:

@@ -1,5 +1,6 @@
-"""ViT low-bit PTQ comparison table (issue 3): top-1 on the 1000 MNIST test digits, measured in ONNX
-Runtime on the exported artifact, for two ViTs of different shape.
+"""ViT low-bit PTQ comparison table (issue 3): top-1 on each model's 1000 test images (its checkpoint's
+dataset), measured in ONNX Runtime on the exported artifact, for ViTs of different shape and length
+(the MNIST ViTs at 17 tokens, vit_digits224.pt at 197).
 
 Rows: naive min-max, percentile (RepQ's range search without its reparameterizations), RepQ-ViT
 (rounded z̃, all Q/DQ), RepQ-ViT with its fractional z̃ (those quantizers run as float ops in
@@ -8,7 +9,7 @@ ONNX), DopQ-ViT (MOSF + TanQ), APHQ-ViT with the `--fast` preset. Every method c
 pass alone, per bit width, on this machine. `--ablation` adds APHQ variants on the first
 model: plain QDrop MSE loss, APHQ's all-ones H̄ direction, no MLP reconstruction.
 
-    python benches/vit_ptq_table.py [--models vit_mnist.pt,vit_mnist_deep.pt] [--bits 8,6,4,3]
+    python benches/vit_ptq_table.py [--models vit_mnist.pt,vit_mnist_deep.pt,vit_digits224.pt] [--bits 8,6,4,3]
                                     [--only TEXT] [--ablation] [--md FILE]
 """
 
@@ -92,8 +93,9 @@ def main() -> None:
     for i, file in enumerate(args.models.split(",")):
         loaded = load_model(ROOT / file)
         model, spec = loaded.module.eval(), Preprocess(**loaded.preprocess.model_dump())
-        calib = open_source(ROOT / "calibration_data/mnist/calib", spec)
-        batches = open_source(ROOT / "calibration_data/mnist/test", spec).batches(1000)
+        data = ROOT / "calibration_data" / str(loaded.dataset)
+        calib = open_source(data / "calib", spec)
+        batches = open_source(data / "test", spec).batches(1000)
         x, y = map(torch.cat, zip(*batches, strict=True))
         bits = tuple(int(b) for b in args.bits.split(","))
         rows = {k: v for k, v in METHODS.items() if not args.only or args.only in k}

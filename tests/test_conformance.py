@@ -44,3 +44,15 @@ def test_conformance_reference_values_hold() -> None:
         [sys.executable, str(ROOT / "benches" / "conformance.py"), "--no-peers", "--batch-sizes", "1",
          "--recipes", "int8-ptq,int8-ptq-edge", "--check"], capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_update_replaces_what_ran_drops_refusals_and_keeps_the_rest() -> None:
+    from benches.conformance import updated
+
+    old = {"agreement": 50.0, "tolerance": 1.5}
+    reference = {"m": {"a/onnx": old, "b/onnx": old, "b/executorch": old, "c/onnx": old}, "n": {"a/onnx": old}}
+    rows = [Row("m", "a/onnx", "k", {"agreement": 90.0}), Row("m", "b", note="refused: no longer applies")]
+    new = updated(reference, rows)
+    assert new["m"] == {"a/onnx": {"agreement": 90.0, "tolerance": 1.5}, "c/onnx": old}
+    assert new["n"] == reference["n"]
+    assert reference["m"]["b/onnx"] == old  # the caller's dict is not changed
