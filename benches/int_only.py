@@ -16,7 +16,7 @@ against the 8-bit one, in ONNX Runtime at DeiT-Tiny's shape (batch 8, 3 heads, 1
 64), as the int-only graph writes it (two uint8 byte planes) and as one int32 MatMul; all three
 checked exact against numpy, timed interleaved.
 
-    python benches/int_only.py [--model vit_mnist.pt] [--finetune-steps 100] [--w-bits 8,4]
+    python benches/int_only.py [--model vit_mnist.pt] [--finetune-steps 100] [--w-bits 8,4] [--softmax-bits 8,16]
                                [--skip-latency] [--skip-accuracy] [--attn-v] [--md FILE]
 """
 
@@ -48,7 +48,8 @@ def top1(logits: np.ndarray, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y.numpy()).mean() * 100)
 
 
-def accuracy_rows(model_file: str, finetune_steps: int, w_bits_list: list[int], work: Path) -> list[str]:
+def accuracy_rows(model_file: str, finetune_steps: int, w_bits_list: list[int], work: Path,
+                  softmax_bits: tuple[int, ...] = (8,)) -> list[str]:
     loaded = load_model(ROOT / model_file)
     model, spec = loaded.module.eval(), Preprocess(**loaded.preprocess.model_dump())
     data = ROOT / "calibration_data" / str(loaded.dataset)
@@ -59,10 +60,10 @@ def accuracy_rows(model_file: str, finetune_steps: int, w_bits_list: list[int], 
     lines = [f"**{model_file}, {len(y)} test images** (FP32 top-1 {base:.2f}; target: within 0.5 at W8A8)", "",
              "| variant | pass s | int64 reference | float64 sim = ref | ORT integer | ORT = ref | TVM integer "
              "| TVM = ref |", "|---|---|---|---|---|---|---|---|"]
-    for w_bits in w_bits_list:
+    for w_bits, sm_bits in ((w, s) for w in w_bits_list for s in softmax_bits):
         for steps in (0, finetune_steps):
             graph, teacher = capture(model, x[:2]), capture(model, x[:2])
-            params = PASSES["quant.intonly"].Params(w_bits=w_bits, finetune_steps=steps)
+            params = PASSES["quant.intonly"].Params(w_bits=w_bits, finetune_steps=steps, softmax_bits=sm_bits)
             start = time.perf_counter()
             PASSES["quant.intonly"](params).run(graph, PassContext(calib=calib, teacher=teacher))
             seconds = time.perf_counter() - start
@@ -71,7 +72,7 @@ def accuracy_rows(model_file: str, finetune_steps: int, w_bits_list: list[int], 
             onnx_run = OnnxExporter().export(graph, work / "int.onnx", "int-only").runner(2)
             ort = np.concatenate([onnx_run(b.numpy()) for b in x.split(250)])
             tvm = TvmExporter(batch=8).export(graph, work / "int.so", "int-only").runner(2)(x.numpy())
-            label = f"W{w_bits}A8 " + (f"+ {steps}-step fine-tune" if steps else "PTQ")
+            label = f"W{w_bits}A8, {sm_bits}-bit Shiftmax, " + (f"+ {steps}-step fine-tune" if steps else "PTQ")
             lines.append(f"| {label} | {seconds:.0f} | {top1(ref, y):.2f} | {sim_equal} | {top1(ort, y):.2f} | "
                          f"{np.array_equal(ort, ref)} | {top1(tvm, y):.2f} | {np.array_equal(tvm, ref)} |")
             print(lines[-1], flush=True)
@@ -208,6 +209,7 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--w-bits", default="8,4", help="weight widths of the accuracy rows")
+    ap.add_argument("--softmax-bits", default="8", help="Shiftmax output widths of the accuracy rows (8,16)")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--attn-v", action="store_true", help="also time attn·v with 8- and 16-bit probabilities")
@@ -218,7 +220,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         if not args.skip_accuracy:
             w_bits = [int(b) for b in args.w_bits.split(",")]
-            out += [*accuracy_rows(args.model, args.finetune_steps, w_bits, Path(d)), ""]
+            sm_bits = tuple(int(b) for b in args.softmax_bits.split(","))
+            out += [*accuracy_rows(args.model, args.finetune_steps, w_bits, Path(d), sm_bits), ""]
         if not args.skip_latency:
             out += latency_rows(Path(d), args.runs)
         if args.attn_v:
