@@ -34,9 +34,9 @@ def channel_ranges(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.T
 
     def hook(name: str):
         def record(_module: torch.nn.Module, _inputs: tuple, out: torch.Tensor) -> None:
-            flat = out.detach().reshape(-1, out.shape[-1])
-            lo[name] = torch.minimum(lo.get(name, flat.min(0).values), flat.min(0).values)
-            hi[name] = torch.maximum(hi.get(name, flat.max(0).values), flat.max(0).values)
+            low, high = torch.aminmax(out.detach().reshape(-1, out.shape[-1]), dim=0)
+            lo[name] = torch.minimum(lo.get(name, low), low)
+            hi[name] = torch.maximum(hi.get(name, high), high)
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)]
