@@ -23,8 +23,10 @@ checked exact against numpy, timed interleaved.
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,11 @@ def top1(logits: np.ndarray, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y.numpy()).mean() * 100)
 
 
+def _in_batches(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
+    """Logits of 1000 images in batches of 100: one pass at 224 px would hold GBs of activations."""
+    return np.concatenate([run(b).numpy() for b in x.split(100)])
+
+
 def accuracy_rows(model_file: str, finetune_steps: int, w_bits_list: list[int], work: Path,
                   softmax_bits: tuple[int, ...] = (8,)) -> list[str]:
     loaded = load_model(ROOT / model_file)
@@ -56,7 +63,7 @@ def accuracy_rows(model_file: str, finetune_steps: int, w_bits_list: list[int], 
     calib = open_source(data / "calib", spec)
     x, y = map(torch.cat, zip(*open_source(data / "test", spec).batches(100), strict=True))
     with torch.no_grad():
-        base = top1(np.concatenate([model(b).numpy() for b in x.split(100)]), y)
+        base = top1(_in_batches(model, x), y)
     lines = [f"**{model_file}, {len(y)} test images** (FP32 top-1 {base:.2f}; target: within 0.5 at W8A8)", "",
              "| variant | pass s | int64 reference | float64 sim = ref | ORT integer | ORT = ref | TVM integer "
              "| TVM = ref |", "|---|---|---|---|---|---|---|---|"]
@@ -67,8 +74,8 @@ def accuracy_rows(model_file: str, finetune_steps: int, w_bits_list: list[int], 
             start = time.perf_counter()
             PASSES["quant.intonly"](params).run(graph, PassContext(calib=calib, teacher=teacher))
             seconds = time.perf_counter() - start
-            ref = np.concatenate([graph(b).numpy() for b in x.split(100)])
-            sim_equal = np.array_equal(np.concatenate([simulate(graph, b).numpy() for b in x.split(100)]), ref)
+            ref = _in_batches(graph, x)
+            sim_equal = np.array_equal(_in_batches(functools.partial(simulate, graph), x), ref)
             onnx_run = OnnxExporter().export(graph, work / "int.onnx", "int-only").runner(2)
             ort = np.concatenate([onnx_run(b.numpy()) for b in x.split(250)])
             tvm = TvmExporter(batch=8).export(graph, work / "int.so", "int-only").runner(2)(x.numpy())
