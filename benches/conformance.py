@@ -125,7 +125,8 @@ def _scores(out: Outputs, ref: Outputs) -> dict[str, float | None]:
 
 
 def run_model(m: Model, recipes: list[str] | None, with_peers: bool, work: Path, batches: list[int],
-              bar: Progress, min_seconds: float = 2.0, fast: bool = False, tvm: tuple[str, ...] = ()) -> list[Row]:
+              bar: Progress, min_seconds: float = 2.0, fast: bool = False, tvm: tuple[str, ...] = (),
+              unguarded: bool = False) -> list[Row]:
     module, calib, evaluation = m.load()
     names = [r for r in (recipes or m.recipes or list(list_recipes())) if r not in m.skip_recipes]
     loaded = load_model(module) if isinstance(module, Path) else load_module(module)
@@ -139,6 +140,9 @@ def run_model(m: Model, recipes: list[str] | None, with_peers: bool, work: Path,
         recipe = name
         if fast and any("fast" in PASSES[e.name].Params.model_fields for e in rec.passes):
             rec, recipe = rec.fast(), f"{name} --fast"
+        if unguarded:
+            # every min_agreement guard off: what a refused recipe would have shipped
+            rec, recipe = rec.with_pass_param("min_agreement", None), f"{recipe} (unguarded)"
         start = time.perf_counter()
         try:
             res = compressor.compress(module, recipe=rec, calib=calib, eval_data=evaluation, out_dir=work / recipe,
@@ -283,11 +287,16 @@ def main() -> None:
                     help="timing budget per batch size for all artifacts together (latency targets need 20+)")
     ap.add_argument("--fast", action="store_true", help="recipes with a CPU preset (quant.aphq) run it, as `--fast`")
     ap.add_argument("--tvm", help="comma-separated recipes also exported to TVM (e.g. int-only,int-only-w4a8)")
+    ap.add_argument("--unguarded", action="store_true",
+                    help="turn every pass's min_agreement guard off, to measure what refused recipes would ship "
+                         "(rows marked; not with --update)")
     ap.add_argument("--check", action="store_true", help="exit 1 if an accuracy regressed beyond its tolerance")
     ap.add_argument("--update", action="store_true", help=f"update {REFERENCE.name} with this run's artifacts")
     ap.add_argument("--md", type=Path, help="also write the table here")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
+    if args.unguarded and args.update:
+        ap.error("--unguarded rows are not what the recipes ship: they cannot update the reference")
     torch.set_num_threads(2)
     batches = [int(b) for b in args.batch_sizes.split(",")]
     bar = Progress(enabled=sys.stderr.isatty())
@@ -296,7 +305,8 @@ def main() -> None:
         for name in args.models.split(","):
             recipes = args.recipes.split(",") if args.recipes else None
             rows += run_model(MODELS[name], recipes, not args.no_peers, Path(tmp) / name, batches, bar,
-                              args.min_seconds, args.fast, tuple(args.tvm.split(",")) if args.tvm else ())
+                              args.min_seconds, args.fast, tuple(args.tvm.split(",")) if args.tvm else (),
+                              args.unguarded)
     text = "\n".join([f"{cpu_line(2)}; every artifact in its runtime, all timed interleaved; "
                       "'vs float' is against the same runtime's float artifact", "",
                       *table(rows, batches)]) + "\n"

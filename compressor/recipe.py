@@ -135,12 +135,18 @@ class Recipe(BaseModel):
 
     def fast(self) -> Recipe:
         """This recipe with every pass that has a `fast` preset switched to it (CLI `--fast`)."""
-        entries = [PassEntry(name=e.name, params={**e.params, "fast": True})
-                   if "fast" in PASSES[e.name].Params.model_fields else e for e in self.passes]
-        if entries == self.passes:
+        fast = self.with_pass_param("fast", True)
+        if fast.passes == self.passes:
             having = sorted(n for n, c in PASSES.items() if "fast" in c.Params.model_fields)
             raise CompressorError(f"--fast: no pass of recipe {self.name!r} has a fast preset (passes that do: "
                                   f"{', '.join(having)}).")
+        return fast
+
+    def with_pass_param(self, key: str, value: Any) -> Recipe:
+        """This recipe with `key` set on every pass that takes it, so one switch (a preset, a guard)
+        reaches all the passes it concerns without the caller knowing which they are."""
+        entries = [PassEntry(name=e.name, params={**e.params, key: value})
+                   if key in PASSES[e.name].Params.model_fields else e for e in self.passes]
         return self.model_copy(update={"passes": entries})
 
     def with_overrides(self, values: dict[tuple[str, ...], Any], labels: dict[tuple[str, ...], str]) -> Recipe:

@@ -125,3 +125,13 @@ def test_command_line_values_are_validated_like_recipe_values():
         with pytest.raises(CompressorError) as e:
             _with_arguments(rec, **given)
         assert message in str(e.value)
+
+
+def test_with_pass_param_reaches_only_the_passes_that_take_it() -> None:
+    """2of4-int8's pruning guards on agreement; its BatchNorm fold and int8 PTQ do not, and must not
+    receive a key their parameters would reject."""
+    rec = load_recipe("2of4-int8").with_pass_param("min_agreement", None)
+    guarded = {e.name: e.params.get("min_agreement", "absent") for e in rec.passes}
+    assert guarded == {"prune.nm": None, "reparam.fold_bn": "absent", "quant.int8_ptq": "absent"}
+    assert rec.passes[0].build().params.min_agreement is None  # still valid parameters
+    assert load_recipe("2of4-int8").passes[0].build().params.min_agreement == 95.0  # the original is untouched
