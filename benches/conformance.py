@@ -45,7 +45,6 @@ from compressor.errors import CompressorError  # noqa: E402
 from compressor.eval import Outputs, agreement, collect, confident_agreement, measure, top5_containment  # noqa: E402
 from compressor.eval.metrics import Runner, torch_runner  # noqa: E402
 from compressor.io import load_model, load_module  # noqa: E402
-from compressor.passes import PASSES  # noqa: E402
 from compressor.progress import Progress  # noqa: E402
 from compressor.recipe import BenchSpec, list_recipes, load_recipe  # noqa: E402
 from exporters.base import Artifact  # noqa: E402
@@ -138,8 +137,8 @@ def run_model(m: Model, recipes: list[str] | None, with_peers: bool, work: Path,
         targets = sorted({"onnx", *(t for t in rec.export if t in RUNS_HERE), *(["tvm"] if name in tvm else [])})
         rec = rec.model_copy(update={"benchmark": _quick_bench(), "export": targets})
         recipe = name
-        if fast and any("fast" in PASSES[e.name].Params.model_fields for e in rec.passes):
-            rec, recipe = rec.fast(), f"{name} --fast"
+        if fast and (sped := rec.with_pass_param("fast", True)).passes != rec.passes:  # recipes with a CPU preset
+            rec, recipe = sped, f"{name} --fast"
         if unguarded:
             # every min_agreement guard off: what a refused recipe would have shipped
             rec, recipe = rec.with_pass_param("min_agreement", None), f"{recipe} (unguarded)"

@@ -51,7 +51,7 @@ def top1(logits: np.ndarray, y: torch.Tensor) -> float:
 
 
 def _in_batches(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
-    """Logits of 1000 images in batches of 100: one pass at 224 px would hold GBs of activations."""
+    """Logits of `x` in batches of 100: one pass over 1000 images at 224 px would hold GBs of activations."""
     return np.concatenate([run(b).numpy() for b in x.split(100)])
 
 
