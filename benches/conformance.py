@@ -136,7 +136,7 @@ def run_model(m: Model, recipes: list[str] | None, with_peers: bool, work: Path,
         rec = load_recipe(name)
         targets = sorted({"onnx", *(t for t in rec.export if t in RUNS_HERE), *(["tvm"] if name in tvm else [])})
         rec = rec.model_copy(update={"benchmark": _quick_bench(), "export": targets})
-        recipe = name
+        recipe = rec.name  # a recipe file's path would make an absolute out_dir below
         if fast and (sped := rec.with_pass_param("fast", True)).passes != rec.passes:  # recipes with a CPU preset
             rec, recipe = sped, f"{name} --fast"
         if unguarded:
@@ -283,7 +283,8 @@ def updated(reference: dict[str, Any], rows: list[Row]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--recipes", help="comma-separated; default: each model's list (all bundled for real models)")
+    ap.add_argument("--recipes", help="comma-separated bundled names or recipe files; default: each model's list "
+                                      "(all bundled for real models)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--min-seconds", type=float, default=2.0,
