@@ -138,7 +138,7 @@ def run_model(m: Model, recipes: list[str] | None, with_peers: bool, work: Path,
         rec = rec.model_copy(update={"benchmark": _quick_bench(), "export": targets})
         recipe = rec.name  # a recipe file's path would make an absolute out_dir below
         if fast and (sped := rec.with_pass_param("fast", True)).passes != rec.passes:  # recipes with a CPU preset
-            rec, recipe = sped, f"{name} --fast"
+            rec, recipe = sped, f"{recipe} --fast"
         if unguarded:
             # every min_agreement guard off: what a refused recipe would have shipped
             rec, recipe = rec.with_pass_param("min_agreement", None), f"{recipe} (unguarded)"
