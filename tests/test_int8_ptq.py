@@ -56,7 +56,7 @@ def test_reduce_range_limits_weights_to_7_bits(vit_tiny, mnist_calib_tensor):
     g, record = _quantize(vit_tiny, mnist_calib_tensor, reduce_range=True)
     weights = [v for v in g.gm.state_dict().values() if v.dtype == torch.int8 and v.dim() >= 2]
     assert max(int(w.abs().max()) for w in weights) <= 63
-    assert record.summary["weight_bits_effective"] == 7
+    assert record.summary["weight_bits_effective"] == {"7": 10}
     g8, _ = _quantize(vit_tiny, mnist_calib_tensor, reduce_range=False)
     assert max(int(v.abs().max()) for v in g8.gm.state_dict().values() if v.dtype == torch.int8) == 127
 
@@ -97,6 +97,43 @@ def test_skip_and_attention_switch(vit_tiny, mnist_calib_tensor):
     assert "head.weight" in g.gm.state_dict()
     paths = {Graph.module_path(n) for n in g.nodes if n.target is DEQUANTIZE}
     assert not any(p.startswith("blocks.1") for p in paths)
+
+
+def _weight_range(g, prefix):
+    """Largest |int| of the weights stored under module paths under `prefix` (dots as underscores)."""
+    return max(int(v.abs().max()) for k, v in g.gm.state_dict().items()
+               if v.dtype == torch.int8 and v.dim() >= 2 and k.startswith(prefix))
+
+
+def test_layer_rules_precedence_global_op_path(vit_tiny, mnist_calib_tensor):
+    # global 8 (reduce_range off) -> every linear at 4 by op -> blocks.0 back to 6 by path; head in float
+    layers = [{"match": "blocks.0.*", "weight_bits": 6}, {"op": "linear", "weight_bits": 4},
+              {"match": "head", "quantize": False}]
+    g, record = _quantize(vit_tiny, mnist_calib_tensor, reduce_range=False, layers=layers)
+    assert _weight_range(g, "blocks_0") == 31  # the path rule wins over the op rule, whatever the order
+    assert _weight_range(g, "blocks_1") == 7
+    assert _weight_range(g, "patch") == 127  # a conv: untouched by the linear rule
+    assert "head.weight" in g.gm.state_dict()
+    assert record.summary["weight_bits_effective"] == {"4": 4, "6": 4, "8": 1}
+    # within one tier the later rule wins
+    g2, _ = _quantize(vit_tiny, mnist_calib_tensor, reduce_range=False,
+                      layers=[{"match": "blocks.*", "weight_bits": 3}, {"match": "blocks.1.*", "weight_bits": 5}])
+    assert (_weight_range(g2, "blocks_0"), _weight_range(g2, "blocks_1")) == (3, 15)
+
+
+def test_layer_rules_are_validated(vit_tiny, mnist_calib_tensor):
+    from pydantic import ValidationError
+
+    from compressor.errors import CompressorError
+
+    params = PASSES["quant.int8_ptq"].Params
+    for bad in ({"weight_bits": 4}, {"op": "linear", "match": "x", "weight_bits": 4}, {"op": "linear"},
+                {"op": "matmul", "weight_bits": 4}, {"op": "gemm", "quantize": False},
+                {"match": "head", "weight_bits": 1}, {"match": "head", "bits": 4}):
+        with pytest.raises(ValidationError):
+            params(layers=[bad])
+    with pytest.raises(CompressorError, match=r"matches no layer.*closest"):
+        _quantize(vit_tiny, mnist_calib_tensor, layers=[{"match": "blockz.0.*", "quantize": False}])
 
 
 def test_cnn_and_sdpa_vit(mnist_calib_tensor):

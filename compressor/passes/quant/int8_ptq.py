@@ -46,6 +46,7 @@ from compressor.graph.sdpa import decompose_sdpa
 from compressor.passes.base import Pass, PassContext, PassParams, register_pass
 from compressor.passes.calibrate import calibrate, insert_observers, observer_of, remove_observer
 from compressor.passes.quant import ops
+from compressor.passes.quant.layer_rules import LayerRule, LayerSetting, layer_settings
 from compressor.passes.quant.observers import (
     HistogramObserver,
     MinMaxObserver,
@@ -86,7 +87,14 @@ class Int8PTQParams(PassParams):
     quantize_linear_output: bool = Field(
         False, description="quantize Linear outputs (after a ReLU that follows) so XNNPACK runs an int8 Linear; "
                            "ONNX Runtime's QGemm wants them float")
-    skip: list[str] = Field(default_factory=list, description="module paths (glob) kept in float")
+    weight_bits: int = Field(8, ge=2, le=8, description="weight bits of every quantized Linear/Conv (below 8 the "
+                                                        "grid is simulated on int8 storage: ONNX Runtime has int8 "
+                                                        "kernels only)")
+    skip: list[str] = Field(default_factory=list, description="module paths (glob) kept in float; shorthand for "
+                                                              "layers: [{match: PATTERN, quantize: false}]")
+    layers: list[LayerRule] = Field(
+        default_factory=list, description="per-layer settings by op type or module path (precedence: the pass's "
+                                          "own → op → module path; see compressor/passes/quant/layer_rules.py)")
     histogram_bins: int = Field(2048, ge=64, le=65536, multiple_of=4)
 
 
@@ -102,6 +110,8 @@ class Int8PTQ(Pass):
         if p.reduce_range == "auto":
             p.reduce_range = not has_vnni()
         decomposed = decompose_sdpa(graph) if p.quantize_attention else 0
+        self._setting = layer_settings(graph, [*(LayerRule(match=pat, quantize=False) for pat in p.skip), *p.layers],
+                                       LayerSetting(weight_bits=p.weight_bits), "quant.int8_ptq layers")
         targets = self._targets(graph)
         kinds = [k for k, on in (("conv", p.quantize_conv_output), ("linear", p.quantize_linear_output)) if on]
         limits = _output_points(targets, kinds)
@@ -125,7 +135,7 @@ class Int8PTQ(Pass):
             "quantized_ops": _count_kinds([n for n, _ in targets]),
             "activation_quantizers": len(act_params),
             "sdpa_decomposed": decomposed,
-            "weight_bits_effective": 7 if p.reduce_range else 8,
+            "weight_bits_effective": _bits_histogram(layers),
             "calibration_images": ctx.calibration_size(),
             "layers": layers,
             "activations": act_params,
@@ -135,9 +145,8 @@ class Int8PTQ(Pass):
     def _targets(self, graph: Graph) -> list[tuple[fx.Node, list[int]]]:
         """(node, activation argument positions) for every op this recipe quantizes."""
         p, found = self.params, []
-        skipped = graph.matcher(p.skip, "quant.int8_ptq skip")
         for node in graph.nodes:
-            if skipped(node):
+            if not self._setting(node).quantize:
                 continue
             weighted = (p.quantize_linear and is_kind(node, "linear")) or (p.quantize_conv and _forward_conv(node))
             if weighted and graph.is_constant(node.args[1]) and not graph.is_constant(node.args[0]):
@@ -213,7 +222,10 @@ class Int8PTQ(Pass):
     def _quantize_weight(self, graph: Graph, node: fx.Node) -> dict[str, Any]:
         """Replace the float weight by int8 + per-channel DequantizeLinear."""
         w = graph.attr(node.args[1]).detach()
-        qmax = 63 if self.params.reduce_range and not _depthwise(graph, node) else 127
+        bits = self._setting(node).weight_bits
+        if bits == 8 and self.params.reduce_range and not _depthwise(graph, node):
+            bits = 7
+        qmax = 2 ** (bits - 1) - 1
         linear = is_kind(node, "linear")
         if linear:
             w = w.t().contiguous()  # [in, out]: MatMul's B layout, one scale per column
@@ -252,11 +264,11 @@ class Int8PTQ(Pass):
             node.update_arg(1, w_dq)
             if bias is not None:
                 node.update_arg(2, bias)
-        graph.annotate(w_dq, "quant", {"weight_bits": 7 if qmax == 63 else 8, "axis": axis})
+        graph.annotate(w_dq, "quant", {"weight_bits": bits, "axis": axis})
         graph.annotate(w_dq, ops.FLOAT_VALUE, w)
         err = (wq.float() * scale.reshape(shape) - w).pow(2).mean() / w.pow(2).mean().clamp_min(1e-20)
         return {"module": path, "kind": "linear" if linear else "conv", "shape": list(w.shape),
-                "weight_bits": 7 if qmax == 63 else 8,
+                "weight_bits": bits,
                 "scale_min": float(scale.min()), "scale_max": float(scale.max()), "dead_channels": dead,
                 "bias_saturated": saturated, "weight_sqnr_db": round(float(-10 * torch.log10(err.clamp_min(1e-20))), 2)}
 
@@ -477,6 +489,14 @@ def _forward_conv(node: fx.Node) -> bool:
 
 def _weight_arg(graph: Graph, node: fx.Node) -> bool:
     return (is_kind(node, "linear") or is_kind(node, "conv")) and graph.is_constant(node.args[1])
+
+
+def _bits_histogram(layers: list[dict[str, Any]]) -> dict[str, int]:
+    """{bits: layers}: what the rules and `reduce_range` made of the weights."""
+    counts: dict[str, int] = {}
+    for la in layers:
+        counts[str(la["weight_bits"])] = counts.get(str(la["weight_bits"]), 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _count_kinds(nodes: list[fx.Node]) -> dict[str, int]:
