@@ -74,6 +74,7 @@ class CompressResult:
     files: list[Path] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # target: why it failed to export or run
     optional: list[str] = field(default_factory=list)
+    baselines: dict[str, Artifact] = field(default_factory=dict)  # each target's float artifact
 
     @property
     def passed_gate(self) -> bool:
@@ -113,6 +114,7 @@ def compress(
     gate_on: GateOn | None = None,
     sensitivity: bool = False,
     optional_export: Sequence[str] | None = None,
+    search: dict[str, Any] | None = None,
 ) -> CompressResult:
     """Compress `model` with `recipe`, export, measure every artifact in its runtime and gate.
 
@@ -123,7 +125,8 @@ def compress(
     the gate only when the drop's 95 % interval lies wholly above `max_drop` (a significant drop).
     `sensitivity` adds the per-layer table (SQNR, accuracy with only that layer quantized).
     A target that fails to export or run is reported as failed and the others still publish;
-    `exit_code` is 3 then, unless the target is in `optional_export`.
+    `exit_code` is 3 then, unless the target is in `optional_export`. `search` is the candidates
+    table of `compress search` that chose this recipe, added to the report and the Pareto plot.
 
     Bad input raises `CompressorError` before anything is written; a crash of a pass, exporter or
     runtime outside a target raises `ToolchainError`. Either way `out_dir` is left as it was.
@@ -180,11 +183,23 @@ def compress(
 
         with _stage("writing the report", out):
             report = write_report(folder.staging, rec, ctx.log, run.loaded, run.shape, evaluation, baselines,
-                                  artifacts, timings, data, files=folder.staged())
+                                  artifacts, timings, data, files=folder.staged(), search=search)
         files = folder.publish(_artifact_names(), _inputs(model, calib, eval_data))
     for a in [*baselines.values(), *artifacts.values()]:
         a.path = out / a.path.name
-    return CompressResult(report, artifacts, out, graph, files, failed, list(rec.optional_export))
+    return CompressResult(report, artifacts, out, graph, files, failed, list(rec.optional_export), baselines)
+
+
+def check_inputs(model: str | Path | nn.Module, recipe: Recipe, export: Sequence[str], calib: Any = None,
+                 eval_data: Any = None, input_shape: Sequence[int] | None = None, arch: str | None = None,
+                 trust_pickle: bool = False, preprocess: Preprocess | None = None, **_: Any) -> None:
+    """Raise `CompressorError` for what `compress()` would refuse before any work (targets, their extras,
+    the model, the data and their shapes), so a caller that runs it many times (`compress search`)
+    fails once, up front, with the same message."""
+    rec = _with_arguments(recipe, export=export)
+    for t in rec.export:
+        get_exporter(t, **rec.export_options.get(t, {}))
+    _read_inputs(model, arch, trust_pickle, rec, preprocess, calib, eval_data, input_shape)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import signal
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -23,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from compressor.api import CompressResult
     from compressor.data import Preprocess
 
 from compressor.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_TOOLCHAIN, CompressorError, ToolchainError, first_line
@@ -112,9 +114,19 @@ def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
 
 
 def _print_summary(report: dict, out: Path) -> None:
-    from compressor.report.render import artifact_table, gate_table, hints, ship_line, verdict, verdict_kind
+    from compressor.report.render import (
+        artifact_table,
+        gate_table,
+        hints,
+        search_table,
+        ship_line,
+        verdict,
+        verdict_kind,
+    )
 
     console = Console(width=max(Console().width, 140))
+    if (found := search_table(report)) is not None:
+        console.print(_rich_table(*found))
     _, header, rows = artifact_table(report)
     title = f"{report['model']['name']} · {report['recipe']['name']} · metric {report['metric']} (%)"
     console.print(_rich_table(title, header, rows))
@@ -181,8 +193,30 @@ def compress(
 ) -> None:
     """Compress MODEL with a recipe, export it, measure accuracy and latency on the artifacts, gate.
 
+    `compress search MODEL --max-drop P` finds the fastest artifact within a limit;
     `compress compare OUT_A OUT_B` shows what changed between two runs.
     """
+    _setup_logging(verbose)
+    if list_recipes:
+        _print_recipes()
+        raise typer.Exit(EXIT_OK)
+
+    def run() -> CompressResult:
+        if model is None:
+            raise CompressorError("missing MODEL: pass a model file (see --help), or --list-recipes.")
+        from compressor.api import compress as run_compress
+
+        return run_compress(model, recipe=recipe, calib=calib, eval_data=eval_data, export=_names(export), out_dir=out,
+                            max_drop=max_drop, input_shape=_ints(input_shape, "--input-shape", 4), arch=arch,
+                            trust_pickle=trust_pickle, preprocess=_preprocess(size, channels, mean, std),
+                            calib_size=calib_size, batch_sizes=_ints(batch_sizes, "--batch-sizes"), threads=threads,
+                            progress=not quiet, fast=fast, gate_on=gate_on.value if gate_on else None,
+                            sensitivity=sensitivity, optional_export=_names(optional_export))
+
+    _execute(run, out, junit, quiet, verbose)
+
+
+def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
@@ -191,21 +225,14 @@ def compress(
         # libraries' deprecation notices (torch's pytree warns on loading any .pt2) are for their
         # callers' developers; printed, they push the run's own message off the screen
         warnings.filterwarnings("ignore", category=FutureWarning)
-    if list_recipes:
-        _print_recipes()
-        raise typer.Exit(EXIT_OK)
+
+
+def _execute(run: Callable[[], CompressResult], out: Path, junit: Path | None, quiet: bool, verbose: bool) -> None:
+    """Run a command that publishes into `out`; map its errors to exit codes (module docstring),
+    print the summary and exit with the run's code."""
     more = "Re-run with --verbose for the traceback." if not verbose else ""
     try:
-        if model is None:
-            raise CompressorError("missing MODEL: pass a model file (see --help), or --list-recipes.")
-        from compressor.api import compress as run
-
-        result = run(model, recipe=recipe, calib=calib, eval_data=eval_data, export=_names(export), out_dir=out,
-                     max_drop=max_drop, input_shape=_ints(input_shape, "--input-shape", 4), arch=arch,
-                     trust_pickle=trust_pickle, preprocess=_preprocess(size, channels, mean, std),
-                     calib_size=calib_size, batch_sizes=_ints(batch_sizes, "--batch-sizes"), threads=threads,
-                     progress=not quiet, fast=fast, gate_on=gate_on.value if gate_on else None,
-                     sensitivity=sensitivity, optional_export=_names(optional_export))
+        result = run()
     except CompressorError as e:
         raise _fail(EXIT_BAD_INPUT, str(e), junit) from None
     except ToolchainError as e:
@@ -233,6 +260,68 @@ def compress(
             err.print(f"[red]error:[/] {target} failed ({reason}); the other targets were published. Mark it "
                       f"optional with --optional-export {target} if this target may fail. {more}", markup=True)
     raise typer.Exit(result.exit_code)
+
+
+search_app = _typer_app()
+
+
+class Objective(str, Enum):
+    latency = "latency"
+    size = "size"
+
+
+@search_app.command()
+def search(
+    model: Annotated[Path, typer.Argument(help="model file: checkpoint/state_dict .pt, TorchScript, .pt2")],
+    max_drop: Annotated[float, typer.Option(help="the accuracy limit: the chosen artifact drops at most this many "
+                                                 "points against its target's float artifact")],
+    objective: Annotated[Objective, typer.Option(help="what the chosen artifact minimizes among those within "
+                                                      "--max-drop")] = Objective.latency,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (the winner's run)")] = Path("out"),
+    recipes: Annotated[str | None, typer.Option(
+        help="candidate recipes, names or .yaml files, comma-separated [default: every bundled recipe but those "
+             "with a reconstruction pass (hours per model)]")] = None,
+    export: Annotated[str | None, typer.Option(help="targets to search over, e.g. onnx,openvino "
+                                                    "[default: onnx]")] = None,
+    ray: Annotated[str | None, typer.Option(
+        help="build candidates as Ray tasks: 'auto' starts a local Ray, else a cluster address to join "
+             "(needs compressor[ray]) [default: in this process]")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="CPUs of the local Ray (--ray auto) "
+                                                            "[default: all]")] = None,
+    gate_on: Annotated[GateOnChoice | None, typer.Option(help="point or lower-bound, as for compress")] = None,
+    calib: Annotated[Path | None, typer.Option(help="calibration images, as for compress")] = None,
+    eval_data: Annotated[Path | None, typer.Option("--eval", help="evaluation data, as for compress")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="model input N,C,H,W")] = None,
+    arch: Annotated[str | None, typer.Option(help="zoo architecture for a bare state_dict")] = None,
+    trust_pickle: Annotated[bool, typer.Option(help="allow model files that carry code (see compress --help)")] = False,
+    size: Annotated[str | None, typer.Option(help="resize images to H,W")] = None,
+    channels: Annotated[int | None, typer.Option(help="1 (grayscale) or 3 (RGB)")] = None,
+    mean: Annotated[str | None, typer.Option(help="normalization mean: c1,c2,c3 or 'imagenet'")] = None,
+    std: Annotated[str | None, typer.Option(help="normalization std: c1,c2,c3 or 'imagenet'")] = None,
+    calib_size: Annotated[int | None, typer.Option(min=1, help="use at most this many calibration images")] = None,
+    batch_sizes: Annotated[str | None, typer.Option(help="latency batch sizes, e.g. 1,8")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="runtime threads for latency")] = None,
+    junit: Annotated[Path | None, typer.Option(help="write a JUnit XML verdict here")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or summary")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
+    """The fastest (or smallest) artifact of MODEL within --max-drop: builds the bundled recipes and
+    per-layer mixed-precision variants, measures each artifact in its runtime, times them side by side
+    and publishes the winner as `compress` would (its recipe.yaml reproduces it). Exit 1 when no
+    candidate meets the limit (the closest is published)."""
+    _setup_logging(verbose)
+
+    def run() -> CompressResult:
+        from compressor.search import search as run_search
+
+        return run_search(model, max_drop=max_drop, out_dir=out, objective=objective.value, export=_names(export),
+                          recipes=_names(recipes), ray=ray, workers=workers,
+                          gate_on=gate_on.value if gate_on else None, batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+                          threads=threads, progress=not quiet, calib=calib, eval_data=eval_data,
+                          input_shape=_ints(input_shape, "--input-shape", 4), arch=arch, trust_pickle=trust_pickle,
+                          preprocess=_preprocess(size, channels, mean, std), calib_size=calib_size)
+
+    _execute(run, out, junit, quiet, verbose)
 
 
 compare_app = _typer_app()
@@ -264,9 +353,11 @@ def compare(
 
 
 def main() -> None:
-    """Console-script entry point: `compress MODEL ...`, or `compress compare A B`."""
+    """Console-script entry point: `compress MODEL ...`, `compress search MODEL ...` or `compress compare A B`."""
     if len(sys.argv) > 1 and sys.argv[1] == "compare":
         compare_app(prog_name="compress compare", args=sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "search":
+        search_app(prog_name="compress search", args=sys.argv[2:])
     app(prog_name="compress")
 
 

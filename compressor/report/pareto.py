@@ -45,6 +45,7 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
             ax.scatter([e["latency_ms"]["median"]], [e["accuracy"]], color=color, zorder=3, s=45,
                        marker="o" if e["precision"] == "fp32" else "s",
                        label=f"{art['target']} {e['precision']} ({e['path']})")
+    _plot_candidates(ax, report.get("search"))
     ring = [points[i] for i in sorted(front)]
     if ring:
         ax.scatter([p[0] for p in ring], [p[1] for p in ring], s=220, facecolors="none", edgecolors="black",
@@ -59,7 +60,7 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("top-1 (%)" if report["metric"] == "top1" else "agreement with float (%)")
     ax.set_title(f"{report['model']['name']}: {report['recipe']['name']}")
     ax.grid(alpha=0.3)
-    if measured:
+    if measured or report.get("search"):
         ax.legend(loc="best", fontsize=7)
     else:
         ax.text(0.5, 0.5, "no artifact could run on this machine", ha="center", transform=ax.transAxes)
@@ -68,3 +69,20 @@ def plot_pareto(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout(rect=(0, 0.05 if skipped else 0, 1, 1))
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_candidates(ax: Any, search: dict[str, Any] | None) -> None:
+    """`compress search`'s candidates as small grey points (timed in the search's own interleaved loop),
+    those beyond the accuracy limit hollow, each named."""
+    if not search:
+        return
+    shown = [c for c in search["candidates"] if c.get("latency_ms") is not None and c.get("accuracy") is not None]
+    for meets in (True, False):
+        group = [c for c in shown if c["meets"] == meets]
+        if group:
+            ax.scatter([c["latency_ms"] for c in group], [c["accuracy"] for c in group], s=18, zorder=2,
+                       color="grey", facecolors="grey" if meets else "none",
+                       label=f"search candidates ({'within' if meets else 'beyond'} the limit)")
+    for c in shown:
+        ax.annotate(f"{c['candidate']} ({c['target']})", (c["latency_ms"], c["accuracy"]), fontsize=5,
+                    xytext=(3, 2), textcoords="offset points", color="dimgrey")

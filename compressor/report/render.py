@@ -121,8 +121,30 @@ def sensitivity_table(r: dict[str, Any]) -> Table | None:
     return title, header, rows
 
 
+def search_table(r: dict[str, Any]) -> Table | None:
+    """`compress search`'s candidates, best by the objective first among those within the limit."""
+    s = r.get("search")
+    if not s:
+        return None
+    key = "size_bytes" if s["objective"] == "size" else "latency_ms"
+    rows_in = sorted(s["candidates"], key=lambda c: (not c.get("meets", False), c.get(key) is None, c.get(key) or 0))
+    header = ["candidate", "target", "accuracy", "drop [95% CI]", "within limit", f"ms b{s['batch']}",
+              "vs float", "MB", "built in s", "chosen"]
+    rows = []
+    for c in rows_in:
+        if c["status"] != "ok":
+            rows.append([c["candidate"], "-", "-", "-", c["status"], "-", "-", "-", _num(c["build_s"], ".1f"), ""])
+            continue
+        rows.append([c["candidate"], c["target"], _num(c["accuracy"]), _ci(c["drop"], c["drop_ci95"], True),
+                     "yes" if c["meets"] else "no", _num(c["latency_ms"], ".3f"), _speedup(c["speedup_vs_float"]),
+                     _num(c["size_bytes"] / 1e6, ".2f"), _num(c["build_s"], ".1f"), "◀" if c["chosen"] else ""])
+    title = (f"Search: {len(s['candidates'])} candidates, objective {s['objective']}, max drop {s['max_drop']} "
+             f"({s['gate_on']}); built {s['engine']}; {s['timing']}")
+    return title, header, rows
+
+
 def tables(r: dict[str, Any]) -> list[Table]:
-    found = [artifact_table(r), gate_table(r), latency_table(r), sensitivity_table(r)]
+    found = [artifact_table(r), gate_table(r), latency_table(r), search_table(r), sensitivity_table(r)]
     return [t for t in found if t is not None]
 
 

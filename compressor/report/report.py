@@ -74,7 +74,8 @@ def _round(v: float | None, digits: int = 4) -> float | None:
 
 def build_report(rec: Recipe, passes: list[PassRecord], loaded: LoadedModel, shape: tuple[int, ...],
                  ev: dict[str, Any], baselines: dict[str, Artifact], artifacts: dict[str, Artifact],
-                 timings: dict[str, float], data: dict[str, Any], files: list[str]) -> dict[str, Any]:
+                 timings: dict[str, float], data: dict[str, Any], files: list[str],
+                 search: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report as report.json holds it: strict JSON (a non-finite number is null, listed with
     its reason under `non_finite`), valid against `SCHEMA_FILE`."""
     batch = primary_batch(ev["bench"]["batch_sizes"])
@@ -122,6 +123,7 @@ def build_report(rec: Recipe, passes: list[PassRecord], loaded: LoadedModel, sha
         "best_float": best,
         "recommendation": recommend(base_entries, entries, gate),
         "sensitivity": _jsonable(ev.get("sensitivity")),
+        "search": _jsonable(search),
         "benchmark": ev["bench"],
         "passes": [{"name": p.name, "params": p.params, "seconds": p.seconds, "summary": _jsonable(p.summary)}
                    for p in passes],
@@ -237,10 +239,10 @@ def resolved_recipe(rec: Recipe, passes: list[PassRecord], data: dict[str, Any])
 def write_report(folder: Path, rec: Recipe, passes: list[PassRecord], loaded: LoadedModel,
                  shape: tuple[int, ...], ev: dict[str, Any], baselines: dict[str, Artifact],
                  artifacts: dict[str, Artifact], timings: dict[str, float], data: dict[str, Any],
-                 files: list[str]) -> dict[str, Any]:
+                 files: list[str], search: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write report.json, report.md, report.html, pareto.png and recipe.yaml into `folder`;
     `files` are the artifacts already there (the report lists every file of the run)."""
-    report = build_report(rec, passes, loaded, shape, ev, baselines, artifacts, timings, data, files)
+    report = build_report(rec, passes, loaded, shape, ev, baselines, artifacts, timings, data, files, search)
     (folder / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     plot_pareto(report, folder / "pareto.png")
     (folder / "report.md").write_text(render_markdown(report))
