@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,tvm,coreml,executorch,openvino,efficientnet]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,tvm,coreml,executorch,openvino,efficientnet,ray]'
 	touch $@
 
 # digits224 (vit_digits224.pt's calibration and test images) is generated, not committed: ~100 MB of PNGs

@@ -112,7 +112,7 @@ def compress(
     progress: bool | Progress = False,
     fast: bool = False,
     gate_on: GateOn | None = None,
-    sensitivity: bool = False,
+    sensitivity: bool | int = False,
     optional_export: Sequence[str] | None = None,
     search: dict[str, Any] | None = None,
 ) -> CompressResult:
@@ -123,7 +123,8 @@ def compress(
     iterables of tensors / (tensor, label) batches; bundled checkpoints find their own data.
     `fast` switches passes with a CPU preset (reconstruction) to it. `gate_on="lower-bound"` fails
     the gate only when the drop's 95 % interval lies wholly above `max_drop` (a significant drop).
-    `sensitivity` adds the per-layer table (SQNR, accuracy with only that layer quantized).
+    `sensitivity` adds the per-layer table (SQNR, accuracy with only that layer quantized), on every
+    evaluation image, or on the first `sensitivity` images when it is a number.
     A target that fails to export or run is reported as failed and the others still publish;
     `exit_code` is 3 then, unless the target is in `optional_export`. `search` is the candidates
     table of `compress search` that chose this recipe, added to the report and the Pareto plot.
@@ -177,7 +178,9 @@ def compress(
             evaluation = _evaluate(graph, ref, baselines, artifacts, failed, run.eval, rec, run.shape, bar)
         if sensitivity:
             with _stage("the per-layer sensitivity analysis", out):
-                evaluation["sensitivity"] = _sensitivity(baseline_graph, graph, run.eval, evaluation["metric"], bar)
+                limit = None if sensitivity is True else int(sensitivity)
+                evaluation["sensitivity"] = _sensitivity(baseline_graph, graph, run.eval, evaluation["metric"], bar,
+                                                         limit)
         timings["evaluate_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - start
 
@@ -509,11 +512,13 @@ def _latencies(runners: dict[str, Runner], shape: tuple[int, ...], bench: BenchS
     return _latencies(working, shape, bench, bar, failed) if working else {}
 
 
-def _sensitivity(float_graph: Graph, graph: Graph, data: DataSource, metric: str, bar: Progress) -> dict[str, Any]:
+def _sensitivity(float_graph: Graph, graph: Graph, data: DataSource, metric: str, bar: Progress,
+                 limit: int | None) -> dict[str, Any]:
     from compressor.eval.sensitivity import layer_sensitivity
 
     # a fixed-batch graph is run at its own batch by layer_sensitivity itself
-    return layer_sensitivity(float_graph, graph, data, metric=metric, batch_size=EVAL_BATCH, progress=bar).as_dict()
+    return layer_sensitivity(float_graph, graph, data, metric=metric, batch_size=EVAL_BATCH, progress=bar,
+                             limit=limit).as_dict()
 
 
 def _measurement(out: Outputs, ref: Outputs, metric: str) -> dict[str, Any]:

@@ -35,6 +35,25 @@ def test_quantized_onnx_has_int8_weights_and_qdq(tmp_path, quantized, mnist_cali
     np.testing.assert_allclose(out, quantized(x).numpy(), atol=1e-4, rtol=0)
 
 
+def test_pack_int4_stores_4_bit_weights_in_half_the_bytes_exactly(tmp_path, vit_tiny, mnist_calib_tensor, quantized):
+    g = capture(vit_tiny, mnist_calib_tensor[:2])
+    layers = [{"match": "blocks.*", "weight_bits": 4}]  # 8 of the 10 weights on a 4-bit grid
+    PASSES["quant.int8_ptq"](PASSES["quant.int8_ptq"].Params(layers=layers)).run(
+        g, PassContext(calib=DataSource("t", mnist_calib_tensor)))
+    plain = get_exporter("onnx").export(g, tmp_path / "plain.onnx", "int8")
+    packed = get_exporter("onnx", pack_int4=True).export(g, tmp_path / "packed.onnx", "int8")
+    model = onnx.load(str(packed.path))
+    int4 = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT4 and len(i.dims) >= 2]
+    assert packed.meta["int4_weights"] == len(int4) == 8 and packed.meta["opset"] == 21
+    weights = sum(int(np.prod(i.dims)) for i in int4)
+    assert plain.size_bytes - packed.size_bytes >= weights // 2 - 64  # each code went from 8 bits to 4
+    x = mnist_calib_tensor[:13].numpy()
+    np.testing.assert_allclose(packed.runner(2)(x), plain.runner(2)(x), atol=1e-5, rtol=0)
+    # nothing on a 4-bit grid: the file is left as it was (opset 18, no conversion)
+    eight = get_exporter("onnx", pack_int4=True).export(quantized, tmp_path / "eight.onnx", "int8")
+    assert eight.meta["int4_weights"] == 0 and eight.meta["opset"] == 18
+
+
 def test_float_export_matches_torch(tmp_path, vit_tiny):
     g = capture(vit_tiny, torch.randn(2, 1, 28, 28))
     art = get_exporter("onnx").export(g, tmp_path / "baseline.onnx", "fp32")

@@ -27,6 +27,10 @@ from compressor.passes import PASSES
 from compressor.recipe import RECIPE_DIR, PassEntry, Recipe, load_recipe
 
 ANCHOR_PASS = "quant.int8_ptq"
+# images the anchors' sensitivity tables are measured on: one simulated pass per layer each, so on a
+# 50-layer ViT at 224 px all 1000 test images would cost longer than every candidate together; the
+# ranking, not the absolute numbers, is what the mixed-precision candidates use
+SENSITIVITY_IMAGES = 256
 FLOAT_BACK = (1, 2, 4, 8)
 AVERAGE_BITS = (6.0, 5.0)
 
@@ -38,7 +42,7 @@ class Candidate:
     name: str
     recipe: Recipe
     origin: str
-    sensitivity: bool = False  # measure the per-layer table on this one (an anchor)
+    sensitivity: bool | int = False  # measure the per-layer table on this one (an anchor), on this many images
 
 
 def bundled(names: Sequence[str] | None) -> list[Candidate]:
@@ -83,7 +87,8 @@ def with_rules(rec: Recipe, name: str, rules: list[dict[str, Any]], **params: An
 def w4_anchor(base: Candidate) -> Candidate:
     """Uniform 4-bit weights on the anchor: a candidate itself, and the sensitivity table at 4 bits."""
     name = f"{base.name} w4"
-    return Candidate(name, with_rules(base.recipe, name, [], weight_bits=4), "uniform 4-bit weights", sensitivity=True)
+    return Candidate(name, with_rules(base.recipe, name, [], weight_bits=4), "uniform 4-bit weights",
+                     sensitivity=SENSITIVITY_IMAGES)
 
 
 def layer_rows(sensitivity: dict[str, Any]) -> list[dict[str, Any]]:

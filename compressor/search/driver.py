@@ -159,11 +159,12 @@ def search(
     try:
         base = cands.anchor(first)
         if base is not None:
-            base.sensitivity = True
+            base.sensitivity = cands.SENSITIVITY_IMAGES
             if objective == "size":
                 first.append(cands.w4_anchor(base))
-        built = _build_all(runner, first, model, targets, options, work, bar, objective, [])
-        second = _mixed(built, base, objective)
+        built = _build_all(runner, _sized(first, objective, targets), model, targets, options, work, bar, objective,
+                           [])
+        second = _sized(_mixed(built, base, objective), objective, targets)
         built = _build_all(runner, second, model, targets, options, work, bar, objective, built)
         build_s = time.perf_counter() - start
         bench = BenchSpec(**{k: v for k, v in (("batch_sizes", batch_sizes), ("threads", threads)) if v})
@@ -189,6 +190,18 @@ def search(
     return compress(model, recipe=winner.recipe, export=[chosen["target"]], out_dir=out_dir, max_drop=max_drop,
                       gate_on=gate_on, batch_sizes=batch_sizes, threads=threads, progress=bar, search=section,
                       **{k: v for k, v in options.items() if k not in ("max_drop", "gate_on", "threads")})
+
+
+def _sized(todo: list[cands.Candidate], objective: Objective, targets: list[str]) -> list[cands.Candidate]:
+    """For `--objective size`, ONNX weights on a 4-bit grid are stored as INT4 (exporters/onnx.py): the
+    4-bit candidates are then smaller on disk, not only in name. The option goes into each recipe, so
+    the published recipe.yaml reproduces the file."""
+    if objective != "size" or "onnx" not in targets:
+        return todo
+    for c in todo:
+        options = {**c.recipe.export_options, "onnx": {**c.recipe.export_options.get("onnx", {}), "pack_int4": True}}
+        c.recipe = c.recipe.model_copy(update={"export_options": options})
+    return todo
 
 
 def _build_all(runner: Any, todo: list[cands.Candidate], model: Any, targets: list[str], options: dict[str, Any],
