@@ -8,7 +8,7 @@ default written out) is saved next to the artifacts so a run can be reproduced e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -258,13 +258,29 @@ def _format_errors(err: ValidationError, source: str, root: yaml.Node | None,
 
 
 def _allowed_keys(prefix: tuple, loc: tuple, label: str) -> list[str]:
+    """The keys allowed where an unknown one was found: the fields of the model at that place."""
     if prefix and label.startswith("pass "):
-        return sorted(PASSES[label.removeprefix("pass ")].Params.model_fields)
-    if len(loc) == 1:
-        return sorted(Recipe.model_fields)
-    sub = {"gate": GateSpec, "calibration": CalibSpec, "benchmark": BenchSpec, "preprocess": Preprocess}
-    model = sub.get(str(loc[0]))
+        model = _model_at(PASSES[label.removeprefix("pass ")].Params, loc[len(prefix):-1])
+    else:
+        model = _model_at(Recipe, loc[:-1])
     return sorted(model.model_fields) if model else []
+
+
+def _model_at(model: type[BaseModel] | None, parts: tuple) -> type[BaseModel] | None:
+    """The pydantic model reached from `model` along field names (list indices skipped):
+    ('layers', 1) from int8's parameters is a LayerRule."""
+    for part in parts:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        model = _inner_model(field.annotation) if field else None
+    return model
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for a in get_args(annotation) if (m := _inner_model(a)) is not None), None)
 
 
 def _line(root: yaml.Node | None, loc: tuple) -> str:

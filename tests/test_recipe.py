@@ -135,3 +135,17 @@ def test_with_pass_param_reaches_only_the_passes_that_take_it() -> None:
     assert guarded == {"prune.nm": None, "reparam.fold_bn": "absent", "quant.int8_ptq": "absent"}
     assert rec.passes[0].build().params.min_agreement is None  # still valid parameters
     assert load_recipe("2of4-int8").passes[0].build().params.min_agreement == 95.0  # the original is untouched
+
+
+def test_layer_rules_are_validated_with_the_file_and_line(tmp_path):
+    text = ("name: mixed\npasses:\n  - pass: quant.int8_ptq\n    layers:\n      - {op: linear, weight_bits: 4}\n"
+            "      - {match: head, bits: 4}\n")
+    with pytest.raises(CompressorError) as e:
+        load_recipe(_write(tmp_path, text))
+    msg = str(e.value)
+    assert "r.yaml" in msg and "passes.0.layers.1.bits (line 6): unknown key; allowed: match, op, quantize, " \
+                                "weight_bits" in msg
+    good = load_recipe(_write(tmp_path, text.replace("{match: head, bits: 4}", "{match: head, quantize: false}")))
+    rules = good.to_yaml_dict()["passes"][0]["layers"]
+    assert rules[0]["op"] == "linear" and rules[1] == {"op": None, "match": "head", "quantize": False,
+                                                      "weight_bits": None}
