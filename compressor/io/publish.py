@@ -56,7 +56,6 @@ class OutputFolder:
         self.staging = Path()
         self._fd: int | None = None
         self._created: list[Path] = []
-        self._saved_handler: signal.Handlers | None = None
         self.published = False
 
     # -- lifetime ------------------------------------------------------------------------------------
@@ -84,11 +83,12 @@ class OutputFolder:
         except BaseException:
             self._release()
             raise
-        self._catch_sigterm()
+        self._sigterm = sigterm_unwinds()
+        self._sigterm.__enter__()
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._restore_sigterm()
+        self._sigterm.__exit__(None, None, None)
         if exc is not None and self.published:  # a signal held during publishing arrives just after it
             exc.published = True  # type: ignore[attr-defined]
         self._release(failed=kind is not None)
@@ -128,18 +128,6 @@ class OutputFolder:
                 p.rmdir()
 
     # -- SIGTERM -------------------------------------------------------------------------------------
-    def _catch_sigterm(self) -> None:
-        """SIGTERM (kill, timeout, a cancelled CI job) unwinds like Ctrl-C while the folder is held,
-        where Python's default would end the process without running a single `finally`."""
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            self._saved_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
-
-    def _restore_sigterm(self) -> None:
-        if self._saved_handler is not None:
-            signal.signal(signal.SIGTERM, self._saved_handler)
-            self._saved_handler = None
-
     # -- publishing ----------------------------------------------------------------------------------
     def staged(self) -> list[str]:
         """What this run has written so far (artifacts), as the names they will publish under."""
@@ -212,6 +200,21 @@ class OutputFolder:
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (kill, timeout, a cancelled CI job) unwinds like Ctrl-C inside the block, where Python's
+    default would end the process without running a single `finally` (temporary folders, a held lock)."""
+    saved = None
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        saved = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            signal.signal(signal.SIGTERM, saved)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from torch import nn
 from compressor.api import CompressResult, check_inputs, compress
 from compressor.errors import CompressorError, ToolchainError, first_line
 from compressor.eval import measure
+from compressor.io.publish import sigterm_unwinds
 from compressor.progress import Progress
 from compressor.recipe import BenchSpec, GateOn
 from compressor.report.render import primary_batch
@@ -153,6 +154,15 @@ def search(
         raise CompressorError("--workers needs --ray auto (in-process search builds one candidate at a time).")
     check_inputs(model, first[0].recipe, targets, **options)
     options = {**options, "max_drop": max_drop, "gate_on": gate_on, "threads": threads}
+    with sigterm_unwinds():  # a killed search still removes its work folders and stops Ray
+        return _run(model, max_drop, Path(out_dir), objective, targets, first, ray, workers, gate_on, batch_sizes,
+                    threads, bar, options)
+
+
+def _run(model: Any, max_drop: float, out_dir: Path, objective: Objective, targets: list[str],
+         first: list[cands.Candidate], ray: str | None, workers: int | None, gate_on: GateOn | None,
+         batch_sizes: Sequence[int] | None, threads: int | None, bar: Progress,
+         options: dict[str, Any]) -> CompressResult:
     start = time.perf_counter()
     runner = engine(ray, workers)
     work = Path(tempfile.mkdtemp(prefix="compressor-search-"))
@@ -188,8 +198,8 @@ def search(
     winner = next(b.candidate for b in built if b.candidate.name == chosen["candidate"])
     bar.info(f"publishing {winner.name} on {chosen['target']}")
     return compress(model, recipe=winner.recipe, export=[chosen["target"]], out_dir=out_dir, max_drop=max_drop,
-                      gate_on=gate_on, batch_sizes=batch_sizes, threads=threads, progress=bar, search=section,
-                      **{k: v for k, v in options.items() if k not in ("max_drop", "gate_on", "threads")})
+                    gate_on=gate_on, batch_sizes=batch_sizes, threads=threads, progress=bar, search=section,
+                    **{k: v for k, v in options.items() if k not in ("max_drop", "gate_on", "threads")})
 
 
 def _sized(todo: list[cands.Candidate], objective: Objective, targets: list[str]) -> list[cands.Candidate]:
