@@ -455,7 +455,7 @@ def _evaluate(graph: Graph, ref: Outputs, baselines: dict[str, Artifact], artifa
                 drop, lo, hi = paired_drop(hits(base, ref, metric), hits(out, ref, metric))
                 measured["artifact"].update(agreement_vs_baseline=agreement(out, base), drop=drop, drop_ci95=[lo, hi])
         targets[name] = measured
-    for key, lat in _latencies(runners, shape, bench, bar, failed).items():
+    for key, lat in interleaved_latencies(runners, shape, bench, bar, failed).items():
         name, role = key.split("/")
         if name not in failed:
             targets[name][role]["latency"] = lat
@@ -487,10 +487,10 @@ def _check_reference(ref: Outputs, loaded: LoadedModel, data: DataSource) -> Non
                               "index the model's classes (class folders named 0..N-1, or a labels file).")
 
 
-def _latencies(runners: dict[str, Runner], shape: tuple[int, ...], bench: BenchSpec, bar: Progress,
+def interleaved_latencies(runners: dict[str, Runner], shape: tuple[int, ...], bench: BenchSpec, bar: Progress,
                failed: dict[str, str]) -> dict[str, dict[int, dict[str, float]]]:
-    """Interleaved latencies; a runner that fails at a timing batch size fails its target and the
-    others are timed without it."""
+    """Interleaved latencies of `runners` (keyed "group/role"); a runner that fails at a timing batch
+    size fails its group (recorded in `failed` under the group) and the others are timed without it."""
     try:
         return measure(runners, shape, bench.batch_sizes, bench.warmup, bench.runs, bar,
                        min_seconds=bench.min_seconds, max_runs=bench.max_runs)
@@ -509,7 +509,7 @@ def _latencies(runners: dict[str, Runner], shape: tuple[int, ...], bench: BenchS
     if len(failed) == before:  # every runner works alone: not a target's fault
         raise error
     working = {k: r for k, r in runners.items() if k.split("/")[0] not in failed}
-    return _latencies(working, shape, bench, bar, failed) if working else {}
+    return interleaved_latencies(working, shape, bench, bar, failed) if working else {}
 
 
 def _sensitivity(float_graph: Graph, graph: Graph, data: DataSource, metric: str, bar: Progress,

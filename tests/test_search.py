@@ -151,7 +151,7 @@ def test_bit_allocation_moves_the_least_damaging_weights_first():
             for n, d in (("a", -0.1), ("b", -5.0), ("c", 0.0), ("d", -0.2))]
     weights = {"a": 100, "b": 100, "c": 100, "d": 100}
     made = cands.bit_allocation(base, {"rows": rows}, weights)
-    assert [c.name for c in made] == ["int8-ptq w4/8 avg 6.0", "int8-ptq w4/8 avg 5.0"]
+    assert [c.name for c in made] == ["int8-ptq w4-8 avg 6.0", "int8-ptq w4-8 avg 5.0"]
     rules = [[r["match"] for r in e.params["layers"]] for c in made for e in c.recipe.passes
              if e.name == "quant.int8_ptq"]
     assert rules == [["c", "a"], ["c", "a", "d"]]  # 'b' (the costly one) stays at 8 bits

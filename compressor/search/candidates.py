@@ -138,7 +138,7 @@ def bit_allocation(base: Candidate, sensitivity: dict[str, Any], weights: dict[s
             bits -= 4 * weights[r["path"]] / total
         if bits > target or not low:
             continue
-        name = f"{base.name} w4/8 avg {bits:.1f}"
+        name = f"{base.name} w4-8 avg {bits:.1f}"
         rules = [{"match": _literal(p), "weight_bits": 4} for p in low]
         out.append(Candidate(name, with_rules(base.recipe, name, rules),
                              f"mixed precision: {len(low)} layer(s) at 4-bit weights, the rest 8 (average {bits:.2f} "

@@ -28,9 +28,8 @@ from typing import Any, Literal
 
 from torch import nn
 
-from compressor.api import CompressResult, check_inputs, compress
+from compressor.api import CompressResult, check_inputs, compress, interleaved_latencies
 from compressor.errors import CompressorError, ToolchainError, first_line
-from compressor.eval import measure
 from compressor.io.publish import sigterm_unwinds
 from compressor.progress import Progress
 from compressor.recipe import BenchSpec, GateOn
@@ -178,7 +177,7 @@ def _run(model: Any, max_drop: float, out_dir: Path, objective: Objective, targe
         built = _build_all(runner, second, model, targets, options, work, bar, objective, built)
         build_s = time.perf_counter() - start
         bench = BenchSpec(**{k: v for k, v in (("batch_sizes", batch_sizes), ("threads", threads)) if v})
-        table, floats = _time_all(built, model, bench, bar)
+        table, floats = _time_all(built, bench, bar)
         rows, chosen = _choose(table, max_drop, gate_on or "point", objective)
         section = {"objective": objective, "max_drop": max_drop, "gate_on": gate_on or "point",
                    "engine": runner.label, "timing": TIMING_NOTE, "batch": primary_batch(bench.batch_sizes),
@@ -238,7 +237,8 @@ def _summary(b: Built) -> str:
 
 
 def _best_so_far(built: list[Built], max_drop: float, objective: Objective) -> str:
-    ok = [(b, t, e) for b in built for t, e in b.entries.items() if e["drop"] is not None and e["drop"] <= max_drop]
+    ok = [(b, t, e) for b in built for t, e in b.entries.items()
+          if e["drop"] is not None and e["drop"] <= max_drop and e["latency_ms"] is not None]
     if not ok:
         return "none within the limit yet"
     key = "size_bytes" if objective == "size" else "latency_ms"
@@ -258,36 +258,41 @@ def _mixed(built: list[Built], base: cands.Candidate | None, objective: Objectiv
     return out
 
 
-def _time_all(built: list[Built], model: Any, bench: BenchSpec,
+def _time_all(built: list[Built], bench: BenchSpec,
               bar: Progress) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Interleaved latency of every built artifact and each target's float artifact (from the first
-    candidate that built it: the float model is the same for all)."""
-    runners, floats = {}, {}
-    for b in built:
+    candidate that built it: the float model is the same for all). An artifact that fails to run at
+    a timing batch size gets that as its status."""
+    runners, floats, failed = {}, {}, {}
+    for i, b in enumerate(built):
         for t, art in b.artifacts.items():
-            runners[f"{b.candidate.name}\t{t}"] = art.runner(bench.threads)
+            runners[f"{i}.{t}/artifact"] = art.runner(bench.threads)
             if t not in floats:
                 floats[t] = b.baselines[t]
-                runners[f"float\t{t}"] = floats[t].runner(bench.threads)
+                runners[f"float.{t}/artifact"] = floats[t].runner(bench.threads)
     shape = next((tuple(b.input_shape) for b in built if b.status == "ok"), ())
-    lat = measure(runners, shape, bench.batch_sizes, bench.warmup, bench.runs, bar, min_seconds=bench.min_seconds,
-                  max_runs=bench.max_runs) if runners else {}
+    lat = interleaved_latencies(runners, shape, bench, bar, failed) if runners else {}
     batch = primary_batch(bench.batch_sizes)
-    float_ms = {t: round(lat[f"float\t{t}"][batch]["median"], 4) for t in floats}
-    fastest_float = min(float_ms.values(), default=None)
+    float_ms = {t: round(lat[f"float.{t}/artifact"][batch]["median"], 4) for t in floats
+                if f"float.{t}/artifact" in lat}
     table = []
-    for b in built:
+    for i, b in enumerate(built):
+        row = {"candidate": b.candidate.name, "origin": b.candidate.origin, "status": b.status,
+               "build_s": round(b.seconds, 1)}
         if b.status != "ok":
-            table.append({"candidate": b.candidate.name, "origin": b.candidate.origin, "status": b.status,
-                          "build_s": round(b.seconds, 1)})
+            table.append(row)
             continue
         for t, e in b.entries.items():
-            ms = lat[f"{b.candidate.name}\t{t}"][batch]["median"]
-            table.append({"candidate": b.candidate.name, "origin": b.candidate.origin, "status": "ok", "target": t,
-                          "accuracy": e["accuracy"], "drop": e["drop"], "drop_ci95": e["drop_ci95"],
+            key = f"{i}.{t}/artifact"
+            if key not in lat or t not in float_ms:
+                why = failed.get(f"{i}.{t}") or failed.get(f"float.{t}")
+                table.append({**row, "target": t, "status": f"failed: {why}"})
+                continue
+            ms = lat[key][batch]["median"]
+            table.append({**row, "target": t, "accuracy": e["accuracy"], "drop": e["drop"], "drop_ci95": e["drop_ci95"],
                           "latency_ms": round(ms, 4), "speedup_vs_float": round(float_ms[t] / ms, 4),
-                          "speedup_vs_fastest_float": round(fastest_float / ms, 4), "size_bytes": e["size_bytes"],
-                          "size_ratio_vs_float": e["size_ratio_vs_baseline"], "build_s": round(b.seconds, 1)})
+                          "speedup_vs_fastest_float": round(min(float_ms.values()) / ms, 4),
+                          "size_bytes": e["size_bytes"], "size_ratio_vs_float": e["size_ratio_vs_baseline"]})
     return table, float_ms
 
 
