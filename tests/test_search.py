@@ -191,3 +191,16 @@ def test_choice_is_the_best_by_the_objective_among_those_within_the_limit():
     assert search_module._choose(rows, 0.0, "point", "latency")[1]["candidate"] == "d"
     _, none = search_module._choose(rows, -1.0, "point", "size")
     assert none["candidate"] == "d" and not none["meets"]  # nothing within: the smallest drop
+
+
+def test_the_console_script_dispatches_search_and_documents_it():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "compressor.cli", "search", "--help"], capture_output=True, text=True,
+                         env={"COLUMNS": "200", "PATH": ""}, check=True).stdout
+    for flag in ("--max-drop", "--objective", "--recipes", "--ray", "--workers", "--export", "--gate-on"):
+        assert flag in out
+    top = subprocess.run([sys.executable, "-m", "compressor.cli", "--help"], capture_output=True, text=True,
+                         env={"COLUMNS": "200", "PATH": ""}, check=True).stdout
+    assert "compress search MODEL --max-drop P" in top
