@@ -204,3 +204,12 @@ def test_the_console_script_dispatches_search_and_documents_it():
     top = subprocess.run([sys.executable, "-m", "compressor.cli", "--help"], capture_output=True, text=True,
                          env={"COLUMNS": "200", "PATH": ""}, check=True).stdout
     assert "compress search MODEL --max-drop P" in top
+
+
+def test_the_anchor_is_plain_int8_ptq_when_it_is_a_candidate():
+    found = cands.bundled(None)
+    names = [c.name for c in found]
+    assert names.index("2of4-int8") < names.index("int8-ptq")  # name order alone would pick the pruned one
+    assert cands.anchor(found).name == "int8-ptq"
+    assert cands.anchor(cands.bundled(["2of4-int8", "fold-bn"])).name == "2of4-int8"
+    assert cands.anchor(cands.bundled(["fold-bn"])) is None

@@ -27,6 +27,7 @@ from compressor.passes import PASSES
 from compressor.recipe import RECIPE_DIR, PassEntry, Recipe, load_recipe
 
 ANCHOR_PASS = "quant.int8_ptq"
+ANCHOR_RECIPE = "int8-ptq"
 # images the anchors' sensitivity tables are measured on: one simulated pass per layer each, so on a
 # 50-layer ViT at 224 px all 1000 test images would cost longer than every candidate together; the
 # ranking, not the absolute numbers, is what the mixed-precision candidates use
@@ -67,8 +68,11 @@ def _slow(rec: Recipe) -> bool:
 
 
 def anchor(candidates: Sequence[Candidate]) -> Candidate | None:
-    """The first candidate whose recipe quantizes with `quant.int8_ptq`: mixed precision edits it."""
-    return next((c for c in candidates if any(e.name == ANCHOR_PASS for e in c.recipe.passes)), None)
+    """The candidate mixed precision edits: the bundled `int8-ptq` when it is among them, else the first
+    whose recipe quantizes with `quant.int8_ptq` (a recipe file of the user's). Without the preference,
+    name order made `2of4-int8` (pruned, then int8) the anchor on the MNIST CNN."""
+    quantizing = [c for c in candidates if any(e.name == ANCHOR_PASS for e in c.recipe.passes)]
+    return next((c for c in quantizing if c.name == ANCHOR_RECIPE), quantizing[0] if quantizing else None)
 
 
 def with_rules(rec: Recipe, name: str, rules: list[dict[str, Any]], **params: Any) -> Recipe:
