@@ -16,7 +16,8 @@ Three parts (each prints its table with the machine line; ratios only compare wi
   candidates), in-process and on a local Ray of 1 and 2 workers: the wall time of each, and whether
   the choice and the accuracy numbers are the same.
 
-    python benches/search.py [--parts effnet,vit,ray] [--export onnx,openvino] [--min-seconds S]
+    python benches/search.py [--parts effnet,vit,ray] [--export onnx,openvino] [--effnet-recipes A,B]
+                             [--min-seconds S]
 """
 
 from __future__ import annotations
@@ -66,11 +67,11 @@ def candidates_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def effnet(export: list[str], min_seconds: float, work: Path, bar: Progress) -> list[str]:
+def effnet(export: list[str], recipes: list[str], min_seconds: float, work: Path, bar: Progress) -> list[str]:
     model, calib, evaluation = _efficientnet()
     start = time.perf_counter()
     res = search(model, max_drop=1.0, out_dir=work / "effnet", export=export, calib=calib, eval_data=evaluation,
-                 recipes=EFFNET_RECIPES, batch_sizes=[1, 8], progress=bar)
+                 recipes=recipes, batch_sizes=[1, 8], progress=bar)
     wall = time.perf_counter() - start
     r = res.report
     chosen = next(c for c in r["search"]["candidates"] if c["chosen"])
@@ -153,6 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="effnet,vit,ray")
     ap.add_argument("--export", default="onnx", help="targets of the EfficientNet search, e.g. onnx,openvino")
+    ap.add_argument("--effnet-recipes", default=",".join(EFFNET_RECIPES), help="bundled candidates of the effnet part")
     ap.add_argument("--min-seconds", type=float, default=5.0)
     ap.add_argument("--md", type=Path, help="also write the tables to this file")
     args = ap.parse_args()
@@ -162,7 +164,7 @@ def main() -> None:
         work = Path(tmp)
         for part in args.parts.split(","):
             if part == "effnet":
-                lines += effnet(args.export.split(","), args.min_seconds, work, bar)
+                lines += effnet(args.export.split(","), args.effnet_recipes.split(","), args.min_seconds, work, bar)
             elif part == "vit":
                 lines += vit(work, bar)
             elif part == "ray":
