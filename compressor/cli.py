@@ -149,6 +149,17 @@ def _fail(code: int, message: str, junit: Path | None) -> typer.Exit:
     return typer.Exit(code)
 
 
+# options compress and compress search share (one definition, so their --help cannot drift apart)
+SizeOption = Annotated[str | None, typer.Option(help="resize images to H,W")]
+ChannelsOption = Annotated[int | None, typer.Option(help="1 (grayscale) or 3 (RGB)")]
+MeanOption = Annotated[str | None, typer.Option(help="normalization mean: c1,c2,c3 or 'imagenet'")]
+StdOption = Annotated[str | None, typer.Option(help="normalization std: c1,c2,c3 or 'imagenet'")]
+CalibSizeOption = Annotated[int | None, typer.Option(min=1, help="use at most this many calibration images")]
+BatchSizesOption = Annotated[str | None, typer.Option(help="latency batch sizes, e.g. 1,8")]
+ThreadsOption = Annotated[int | None, typer.Option(min=1, help="runtime threads for latency")]
+JunitOption = Annotated[Path | None, typer.Option(help="write a JUnit XML verdict here")]
+
+
 @app.command()
 def compress(
     model: Annotated[Path | None, typer.Argument(help="model file: checkpoint/state_dict .pt, TorchScript, .pt2",
@@ -177,14 +188,14 @@ def compress(
     optional_export: Annotated[str | None, typer.Option(
         help="targets (of --export) whose failure to export or run is reported without failing the run "
              "(no exit 3), e.g. executorch [default: the recipe's optional_export]")] = None,
-    size: Annotated[str | None, typer.Option(help="resize images to H,W")] = None,
-    channels: Annotated[int | None, typer.Option(help="1 (grayscale) or 3 (RGB)")] = None,
-    mean: Annotated[str | None, typer.Option(help="normalization mean: c1,c2,c3 or 'imagenet'")] = None,
-    std: Annotated[str | None, typer.Option(help="normalization std: c1,c2,c3 or 'imagenet'")] = None,
-    calib_size: Annotated[int | None, typer.Option(min=1, help="use at most this many calibration images")] = None,
-    batch_sizes: Annotated[str | None, typer.Option(help="latency batch sizes, e.g. 1,8")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="runtime threads for latency")] = None,
-    junit: Annotated[Path | None, typer.Option(help="write a JUnit XML verdict here")] = None,
+    size: SizeOption = None,
+    channels: ChannelsOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    calib_size: CalibSizeOption = None,
+    batch_sizes: BatchSizesOption = None,
+    threads: ThreadsOption = None,
+    junit: JunitOption = None,
     fast: Annotated[bool, typer.Option("--fast", help="CPU preset for slow passes (quant.aphq: minutes, "
                                         "not the paper's 20k steps per block)")] = False,
     list_recipes: Annotated[bool, typer.Option("--list-recipes", help="list bundled recipes and exit")] = False,
@@ -294,14 +305,14 @@ def search(
     input_shape: Annotated[str | None, typer.Option(help="model input N,C,H,W")] = None,
     arch: Annotated[str | None, typer.Option(help="zoo architecture for a bare state_dict")] = None,
     trust_pickle: Annotated[bool, typer.Option(help="allow model files that carry code (see compress --help)")] = False,
-    size: Annotated[str | None, typer.Option(help="resize images to H,W")] = None,
-    channels: Annotated[int | None, typer.Option(help="1 (grayscale) or 3 (RGB)")] = None,
-    mean: Annotated[str | None, typer.Option(help="normalization mean: c1,c2,c3 or 'imagenet'")] = None,
-    std: Annotated[str | None, typer.Option(help="normalization std: c1,c2,c3 or 'imagenet'")] = None,
-    calib_size: Annotated[int | None, typer.Option(min=1, help="use at most this many calibration images")] = None,
-    batch_sizes: Annotated[str | None, typer.Option(help="latency batch sizes, e.g. 1,8")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="runtime threads for latency")] = None,
-    junit: Annotated[Path | None, typer.Option(help="write a JUnit XML verdict here")] = None,
+    size: SizeOption = None,
+    channels: ChannelsOption = None,
+    mean: MeanOption = None,
+    std: StdOption = None,
+    calib_size: CalibSizeOption = None,
+    batch_sizes: BatchSizesOption = None,
+    threads: ThreadsOption = None,
+    junit: JunitOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or summary")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
